@@ -1,0 +1,117 @@
+//! The hot path, per record: decode a 32-feature JSON record, score a batch with the
+//! autoencoder, encode the score messages. Run: `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+use anomalyd::config::{Activation, InputShape, InputSpec, ModelKind, ModelSpec, ThresholdSpec};
+use anomalyd::model::Detector;
+use anomalyd::pipeline::decode::Decoder;
+use anomalyd::pipeline::output::{encode, score_message};
+use anomalyd::pipeline::{Meta, Scored, Timestamp};
+
+const DIM: usize = 32;
+const BATCH: usize = 4096;
+
+fn names() -> Vec<String> {
+    (0..DIM).map(|i| format!("metric_{i:02}")).collect()
+}
+
+fn record(i: usize) -> Vec<u8> {
+    let mut s = format!(
+        "{{\"host\":\"node-{}\",\"ts\":{},",
+        i % 100,
+        1_700_000_000_000u64 + i as u64
+    );
+    for (j, n) in names().iter().enumerate() {
+        s.push_str(&format!(
+            "\"{n}\":{:.4},",
+            ((i * 31 + j * 7) % 1000) as f64 / 10.0
+        ));
+    }
+    s.push_str("\"note\":\"ignored\"}");
+    s.into_bytes()
+}
+
+fn rows(n: usize) -> Vec<f32> {
+    (0..n * DIM)
+        .map(|k| ((k / DIM) as f32 * 0.01).sin() * ((k % DIM) as f32 + 1.0))
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let spec = InputSpec {
+        shape: InputShape::Fields { names: names() },
+        key_field: Some("host".into()),
+        timestamp_field: Some("ts".into()),
+    };
+    let decoder = Decoder::new(&spec);
+    let records: Vec<Vec<u8>> = (0..1024).map(record).collect();
+
+    let mut g = c.benchmark_group("hot_path");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("decode_json_32_features", |b| {
+        b.iter(|| {
+            for r in &records {
+                black_box(decoder.decode(black_box(r)).expect("valid"));
+            }
+        })
+    });
+
+    tch::set_num_threads(1);
+    let model = ModelSpec {
+        kind: ModelKind::Dense,
+        hidden: vec![64, 8],
+        activation: Activation::Relu,
+        warmup_records: 2048,
+        epochs: 2,
+        batch_size: 256,
+        learning_rate: 1e-3,
+        seed: 1,
+    };
+    let det = Detector::train(
+        &rows(2048),
+        names(),
+        &model,
+        ThresholdSpec::Quantile(0.99),
+        1,
+        tch::Device::Cpu,
+    )
+    .expect("train");
+    let batch = rows(BATCH);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("score_batch_4096x32_1_thread", |b| {
+        b.iter(|| black_box(det.score(black_box(&batch)).expect("score")))
+    });
+
+    let out = det.score(&batch).expect("score");
+    let scored = Scored {
+        metas: (0..BATCH)
+            .map(|i| Meta {
+                partition: 0,
+                offset: i as i64,
+                key: Some(format!("node-{}", i % 100).into()),
+                timestamp: Timestamp::Number(1.7e12 + i as f64),
+            })
+            .collect(),
+        scores: out.scores,
+        threshold: det.threshold(),
+        model_version: 1,
+        explanations: Vec::new(),
+    };
+    let feature_names = names();
+    let mut buf = Vec::with_capacity(512);
+    g.bench_function("encode_score_messages", |b| {
+        b.iter(|| {
+            for i in 0..BATCH {
+                encode(&score_message(&scored, i, None, &feature_names), &mut buf);
+                black_box(&buf);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

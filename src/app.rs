@@ -1,0 +1,210 @@
+//! Wiring only: builds the clients and channels, spawns each stage on its own thread, and
+//! supervises them. The first stage error cancels the rest; SIGTERM drains them.
+//!
+//! ```text
+//!  source ──Record──▶ batch ──Batch──▶ score ──Scored──▶ sink
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::bounded;
+use rdkafka::config::FromClientConfigAndContext;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::error::{AppError, PipelineError};
+use crate::http::{self, Health};
+use crate::model::device;
+use crate::pipeline::batch;
+use crate::pipeline::kafka::{self, Consumer_, DeliveryContext, Producer, SourceContext};
+use crate::pipeline::offsets::OffsetTracker;
+use crate::pipeline::score::{self, Scorer, ScorerSettings};
+use crate::pipeline::sink::Sink;
+use crate::pipeline::source::Source;
+use crate::telemetry::Metrics;
+
+type StageExit = (&'static str, Result<(), PipelineError>);
+
+/// Runs `f` on a named thread and reports how it ended (a panic is an error too).
+fn spawn_stage<F>(name: &'static str, exits: mpsc::UnboundedSender<StageExit>, f: F)
+where
+    F: FnOnce() -> Result<(), PipelineError> + Send + 'static,
+{
+    let spawned = std::thread::Builder::new()
+        .name(format!("anomalyd-{name}"))
+        .spawn(move || {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(PipelineError::Panicked(name, msg))
+                });
+            let _ = exits.send((name, result));
+        });
+    if let Err(e) = spawned {
+        panic!("cannot spawn thread {name}: {e}");
+    }
+}
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+
+    let (listener, addr) =
+        http::bind(settings.http_listen)
+            .await
+            .map_err(|source| AppError::Http {
+                addr: settings.http_listen,
+                source,
+            })?;
+    tracing::info!(%addr, "http server listening (/metrics /healthz /readyz)");
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        http_stop.clone(),
+    ));
+
+    let k = &settings.kafka;
+    let tracker = Arc::new(OffsetTracker::new());
+    let (fail_tx, fail_rx) = bounded(16);
+    let producer: Arc<Producer> = Arc::new(
+        Producer::from_config_and_context(
+            &kafka::producer_config(k),
+            DeliveryContext::new(k, tracker.clone(), metrics.clone(), fail_tx),
+        )
+        .map_err(PipelineError::from)?,
+    );
+    let consumer = Consumer_::from_config_and_context(
+        &kafka::consumer_config(k),
+        SourceContext {
+            tracker: tracker.clone(),
+            topic: k.input_topic.clone(),
+        },
+    )
+    .map_err(PipelineError::from)?;
+
+    let cap = settings.batch.channel_capacity;
+    let (rec_tx, rec_rx) = bounded(cap);
+    let (batch_tx, batch_rx) = bounded(4);
+    let (scored_tx, scored_rx) = bounded(4);
+    let (done_tx, done_rx) = bounded::<()>(0);
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
+
+    let source = Source {
+        consumer,
+        producer: producer.clone(),
+        tracker,
+        metrics: metrics.clone(),
+        input: settings.input.clone(),
+        topic: k.input_topic.clone(),
+        dlq_topic: k.dlq_topic.clone(),
+        commit_interval: k.commit_interval,
+        drain_timeout: settings.batch.drain_timeout,
+        failures: fail_rx,
+        sink_done: done_rx,
+    };
+    let stop = shutdown.clone();
+    spawn_stage("source", exit_tx.clone(), move || source.run(rec_tx, stop));
+
+    let policy = settings.batch;
+    let dim = settings.input.dim();
+    spawn_stage("batch", exit_tx.clone(), move || {
+        batch::run(rec_rx, batch_tx, policy, dim);
+        Ok(())
+    });
+
+    let scorer_settings = ScorerSettings {
+        features: settings.input.feature_names(),
+        model: settings.model.clone(),
+        threshold: settings.threshold,
+        top_features: settings.top_features,
+        device: tch::Device::Cpu,
+        store_dir: settings.runtime.store_dir.clone(),
+    };
+    let scorer_metrics = metrics.clone();
+    let runtime = settings.runtime.clone();
+    spawn_stage("score", exit_tx.clone(), move || {
+        // libtorch only on this thread: device choice, loading and training included.
+        let device = device::select(runtime.device)?;
+        let threads = device::set_threads(runtime.threads);
+        tracing::info!(?device, threads, "scorer started");
+        let scorer = Scorer::new(
+            ScorerSettings {
+                device,
+                ..scorer_settings
+            },
+            scorer_metrics,
+        )?;
+        score::run(scorer, batch_rx, scored_tx)?;
+        Ok(())
+    });
+
+    let sink = Sink {
+        producer,
+        scores_topic: k.scores_topic.clone(),
+        alerts_topic: k.alerts_topic.clone(),
+        feature_names: settings.input.feature_names(),
+    };
+    spawn_stage("sink", exit_tx.clone(), move || {
+        sink.run(scored_rx, done_tx)
+    });
+    drop(exit_tx);
+    health.ready.store(true, Ordering::Relaxed);
+
+    let signals = tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
+    let mut first_error: Option<PipelineError> = None;
+    let mut running = 4;
+    // Until shutdown is asked for or a stage ends, wait; then give the stages the drain
+    // deadline (plus a margin for the final commit) to finish.
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        Some((name, result)) = exit_rx.recv() => {
+            running -= 1;
+            note_exit(name, result, &mut first_error);
+            shutdown.cancel();
+        }
+    }
+    health.ready.store(false, Ordering::Relaxed);
+    let deadline = settings.batch.drain_timeout + Duration::from_secs(5);
+    let drained = tokio::time::timeout(deadline, async {
+        while running > 0 {
+            match exit_rx.recv().await {
+                Some((name, result)) => {
+                    running -= 1;
+                    note_exit(name, result, &mut first_error);
+                }
+                None => break,
+            }
+        }
+    })
+    .await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    signals.abort();
+    if let Some(e) = first_error {
+        return Err(e.into());
+    }
+    if drained.is_err() {
+        return Err(AppError::DrainTimeout(deadline));
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn note_exit(name: &str, result: Result<(), PipelineError>, first: &mut Option<PipelineError>) {
+    match result {
+        Ok(()) => tracing::debug!(stage = name, "stage finished"),
+        Err(e) => {
+            tracing::error!(stage = name, code = e.code(), error = %e, "stage failed");
+            first.get_or_insert(e);
+        }
+    }
+}

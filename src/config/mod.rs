@@ -1,0 +1,126 @@
+//! Layered configuration: the embedded `config/default.toml`, an optional file, then
+//! `ANOMALYD__SECTION__KEY` environment variables. The raw layer ([`raw`]) is validated into
+//! [`Settings`], the checked types the stages accept.
+
+pub mod raw;
+mod validate;
+
+use std::path::Path;
+
+use config::{Config, Environment, File, FileFormat};
+
+pub use raw::{Activation, DeviceChoice, InputMode, LogFormat, ModelKind, OffsetReset, RawConfig};
+pub use validate::{
+    BatchPolicy, InputShape, InputSpec, KafkaSettings, ModelRuntime, ModelSpec, Settings,
+    ThresholdSpec,
+};
+
+/// The defaults, embedded so the binary runs without any file.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Environment variable prefix; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "ANOMALYD";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads the layers into the raw form (what `check-config` prints).
+pub fn load_raw(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+    if let Some(path) = file {
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+    }
+    builder = builder.add_source(
+        Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("input.features")
+            .with_list_parse_key("model.hidden")
+            .try_parsing(true),
+    );
+    Ok(builder.build()?.try_deserialize()?)
+}
+
+/// Reads and validates the configuration.
+pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+    Settings::validate(load_raw(file)?)
+}
+
+/// Substrings of librdkafka property names whose values are secrets.
+const SECRET_MARKERS: [&str; 3] = ["password", "secret", "key"];
+
+pub fn is_secret(property: &str) -> bool {
+    let p = property.to_ascii_lowercase();
+    SECRET_MARKERS.iter().any(|m| p.contains(m))
+}
+
+/// The effective configuration as TOML with secret values replaced by `*****`.
+pub fn render_masked(raw: &RawConfig) -> String {
+    let mut shown = raw.clone();
+    for (k, v) in shown.kafka.properties.iter_mut() {
+        if is_secret(k) {
+            *v = "*****".into();
+        }
+    }
+    toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_validate() {
+        let s = Settings::validate(load_raw(None).expect("defaults load")).expect("valid");
+        assert_eq!(s.kafka.input_topic, "metrics");
+        assert_eq!(s.input.feature_names(), vec!["cpu", "mem"]);
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut raw = load_raw(None).expect("defaults load");
+        raw.kafka
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        raw.kafka
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let text = render_masked(&raw);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("*****"));
+        assert!(text.contains("SASL_SSL"));
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[kafka]\nbrokerz = \"x\"\n").expect("write");
+        let err = load(Some(&path)).expect_err("unknown key").to_string();
+        assert!(err.contains("brokerz"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[threshold]\nquantile = 1.5\n").expect("write");
+        let err = load(Some(&path)).expect_err("bad quantile").to_string();
+        assert!(err.contains("threshold.quantile"), "{err}");
+    }
+}

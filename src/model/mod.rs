@@ -1,0 +1,39 @@
+//! The autoencoder, its scaler and threshold, and model persistence.
+//!
+//! A [`Detector`] is everything needed to score: the network, the standard scaler, the
+//! calibrated threshold and the metadata that describes them. It lives on one thread (the
+//! scorer): tch tensors are `Send` but not `Sync`.
+
+mod autoencoder;
+mod detector;
+pub mod device;
+pub mod scaler;
+pub mod store;
+pub mod threshold;
+
+pub use autoencoder::DenseAutoencoder;
+pub use detector::{Detector, ModelMeta, TrainingStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("model store {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model metadata {path}: {source}")]
+    Meta {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot train on {records} records of {dim} features: {reason}")]
+    Training {
+        records: usize,
+        dim: usize,
+        reason: &'static str,
+    },
+    #[error("saved model does not fit the configuration: {0}")]
+    Mismatch(String),
+}

@@ -1,0 +1,238 @@
+//! The scorer: owns the model (one thread, never shared), trains the first model on the
+//! warm-up records when none is saved, then scores every batch. The same [`Scorer`] serves
+//! the daemon's scorer thread and `anomalyd score`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use tch::Device;
+
+use super::{Batch, Contribution, Scored};
+use crate::config::{ModelSpec, ThresholdSpec};
+use crate::model::{Detector, ModelError, store};
+use crate::telemetry::Metrics;
+
+/// What the scorer needs to train and explain.
+#[derive(Debug, Clone)]
+pub struct ScorerSettings {
+    pub features: Vec<String>,
+    pub model: ModelSpec,
+    pub threshold: ThresholdSpec,
+    pub top_features: usize,
+    pub device: Device,
+    pub store_dir: Option<PathBuf>,
+}
+
+pub struct Scorer {
+    settings: ScorerSettings,
+    detector: Option<Detector>,
+    warmup: Vec<Batch>,
+    warmup_len: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Scorer {
+    /// Starts from the newest saved model when the store has one that fits the input.
+    pub fn new(settings: ScorerSettings, metrics: Arc<Metrics>) -> Result<Self, ModelError> {
+        let detector = match &settings.store_dir {
+            Some(dir) => store::load_latest(dir, settings.device)?,
+            None => None,
+        };
+        if let Some(det) = &detector {
+            if det.meta.features != settings.features {
+                return Err(ModelError::Mismatch(format!(
+                    "model v{} in {} was trained on features {:?}, the input gives {:?}; \
+                     point model.store_dir elsewhere to train a new model",
+                    det.version(),
+                    settings
+                        .store_dir
+                        .as_deref()
+                        .unwrap_or_else(|| "".as_ref())
+                        .display(),
+                    det.meta.features,
+                    settings.features
+                )));
+            }
+            tracing::info!(version = det.version(), "loaded saved model");
+        }
+        let mut s = Scorer {
+            settings,
+            detector: None,
+            warmup: Vec::new(),
+            warmup_len: 0,
+            metrics,
+        };
+        if let Some(det) = detector {
+            s.install(det);
+        }
+        Ok(s)
+    }
+
+    pub fn detector(&self) -> Option<&Detector> {
+        self.detector.as_ref()
+    }
+
+    fn install(&mut self, det: Detector) {
+        self.metrics.model_version.set(det.version() as i64);
+        self.metrics.threshold.set(det.threshold() as f64);
+        self.metrics.training_loss.set(det.meta.training.final_loss);
+        self.metrics.model_ready.set(1);
+        self.detector = Some(det);
+    }
+
+    /// Scores a batch, or holds it back during warm-up. Returns the batches now scored, in
+    /// arrival order.
+    pub fn push(&mut self, batch: Batch) -> Result<Vec<Scored>, ModelError> {
+        if let Some(det) = &self.detector {
+            return Ok(vec![score_batch(
+                det,
+                &self.settings,
+                &self.metrics,
+                batch,
+            )?]);
+        }
+        self.warmup_len += batch.len();
+        self.warmup.push(batch);
+        if self.warmup_len < self.settings.model.warmup_records {
+            return Ok(Vec::new());
+        }
+        self.train_on_warmup()
+    }
+
+    /// Trains on whatever warm-up records there are (end of an offline input) and scores
+    /// them. Does nothing once a model is serving.
+    pub fn finish(&mut self) -> Result<Vec<Scored>, ModelError> {
+        if self.detector.is_some() || self.warmup_len == 0 {
+            return Ok(Vec::new());
+        }
+        self.train_on_warmup()
+    }
+
+    fn train_on_warmup(&mut self) -> Result<Vec<Scored>, ModelError> {
+        let rows: Vec<f32> = self
+            .warmup
+            .iter()
+            .flat_map(|b| b.features.iter().copied())
+            .collect();
+        let version = match &self.settings.store_dir {
+            Some(dir) => store::versions(dir)?.last().map_or(1, |v| v + 1),
+            None => 1,
+        };
+        let started = Instant::now();
+        let det = Detector::train(
+            &rows,
+            self.settings.features.clone(),
+            &self.settings.model,
+            self.settings.threshold,
+            version,
+            self.settings.device,
+        )?;
+        self.metrics
+            .training_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            version,
+            records = det.meta.training.records,
+            loss = det.meta.training.final_loss,
+            threshold = det.threshold(),
+            seconds = det.meta.training.duration_seconds,
+            "trained the first model on the warm-up records"
+        );
+        if let Some(dir) = &self.settings.store_dir {
+            let path = store::save(dir, &det)?;
+            tracing::info!(path = %path.display(), "saved model");
+        }
+        self.warmup_len = 0;
+        let scored = std::mem::take(&mut self.warmup)
+            .into_iter()
+            .map(|b| score_batch(&det, &self.settings, &self.metrics, b))
+            .collect();
+        self.install(det);
+        scored
+    }
+}
+
+fn score_batch(
+    det: &Detector,
+    settings: &ScorerSettings,
+    metrics: &Metrics,
+    batch: Batch,
+) -> Result<Scored, ModelError> {
+    let started = Instant::now();
+    let out = det.score(&batch.features)?;
+    let threshold = det.threshold();
+    let dim = det.dim();
+    let mut explanations = Vec::new();
+    let score_hist = metrics.score.local();
+    let norm_hist = metrics.normalized_score.local();
+    for (i, &s) in out.scores.iter().enumerate() {
+        score_hist.observe(s as f64);
+        norm_hist.observe((s / threshold) as f64);
+        if s > threshold {
+            let errs = &out.feature_errors[i * dim..(i + 1) * dim];
+            explanations.push((i, top_contributions(errs, settings.top_features)));
+        }
+    }
+    score_hist.flush();
+    norm_hist.flush();
+    let m = metrics;
+    m.scoring_duration.observe(started.elapsed().as_secs_f64());
+    m.batch_size.observe(batch.len() as f64);
+    m.records_scored.inc_by(batch.len() as u64);
+    m.anomalies.inc_by(explanations.len() as u64);
+    Ok(Scored {
+        metas: batch.metas,
+        scores: out.scores,
+        threshold,
+        model_version: det.version(),
+        explanations,
+    })
+}
+
+/// The `k` features with the largest share of the squared error, largest first.
+pub fn top_contributions(errors: &[f32], k: usize) -> Vec<Contribution> {
+    let total: f32 = errors.iter().sum();
+    let mut all: Vec<Contribution> = errors
+        .iter()
+        .enumerate()
+        .map(|(feature, &e)| Contribution {
+            feature,
+            share: if total > 0.0 { e / total } else { 0.0 },
+        })
+        .collect();
+    all.sort_unstable_by(|a, b| b.share.total_cmp(&a.share));
+    all.truncate(k);
+    all
+}
+
+/// The scorer thread: batches in, scored batches out, until the input closes.
+pub fn run(
+    mut scorer: Scorer,
+    batches: Receiver<Batch>,
+    scored: Sender<Scored>,
+) -> Result<(), ModelError> {
+    for batch in batches {
+        for out in scorer.push(batch)? {
+            if scored.send(out).is_err() {
+                return Ok(()); // the sink stopped; its own error is reported
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contributions_are_shares_largest_first() {
+        let c = top_contributions(&[1.0, 6.0, 3.0], 2);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].feature, 1);
+        assert!((c[0].share - 0.6).abs() < 1e-6);
+        assert_eq!(c[1].feature, 2);
+    }
+}

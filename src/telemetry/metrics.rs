@@ -1,0 +1,208 @@
+//! Every metric anomalyd exports, registered once in an owned registry. Stages update them
+//! per batch; label values are static codes, never record data.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::pipeline::decode::DecodeErrorCode;
+
+/// Output kinds, the bounded label of `anomalyd_messages_produced_total`.
+pub const OUTPUTS: [&str; 3] = ["scores", "alerts", "dlq"];
+
+pub struct Metrics {
+    registry: Registry,
+    pub records_consumed: IntCounter,
+    pub records_scored: IntCounter,
+    pub decode_errors: IntCounterVec,
+    pub messages_produced: IntCounterVec,
+    pub producer_errors: IntCounter,
+    pub anomalies: IntCounter,
+    pub batch_size: Histogram,
+    pub scoring_duration: Histogram,
+    pub score: Histogram,
+    pub normalized_score: Histogram,
+    pub threshold: Gauge,
+    pub model_version: IntGauge,
+    pub model_ready: IntGauge,
+    pub training_duration: Histogram,
+    pub training_loss: Gauge,
+    pub offsets_committed: IntCounter,
+    pub pending_records: IntGauge,
+    pub window_keys: IntGauge,
+    pub window_evictions: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let decode_errors = counter_vec(
+            &r,
+            "anomalyd_decode_errors_total",
+            "Records that could not be decoded, by reason code.",
+            "code",
+        );
+        for code in DecodeErrorCode::ALL {
+            decode_errors.with_label_values(&[code.as_str()]);
+        }
+        let messages_produced = counter_vec(
+            &r,
+            "anomalyd_messages_produced_total",
+            "Messages delivered to the output topics, by output.",
+            "output",
+        );
+        for o in OUTPUTS {
+            messages_produced.with_label_values(&[o]);
+        }
+        Metrics {
+            records_consumed: counter(
+                &r,
+                "anomalyd_records_consumed_total",
+                "Records read from the input topic.",
+            ),
+            records_scored: counter(&r, "anomalyd_records_scored_total", "Records scored."),
+            decode_errors,
+            messages_produced,
+            producer_errors: counter(
+                &r,
+                "anomalyd_producer_errors_total",
+                "Messages the producer failed to deliver.",
+            ),
+            anomalies: counter(
+                &r,
+                "anomalyd_anomalies_total",
+                "Records scored above the threshold.",
+            ),
+            batch_size: histogram(
+                &r,
+                "anomalyd_batch_size_records",
+                "Records per scored batch.",
+                prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets"),
+            ),
+            scoring_duration: histogram(
+                &r,
+                "anomalyd_scoring_duration_seconds",
+                "Time to score one batch.",
+                prometheus::exponential_buckets(0.000_05, 2.5, 12).expect("buckets"),
+            ),
+            score: histogram(
+                &r,
+                "anomalyd_score",
+                "Anomaly scores (reconstruction error of standardised features).",
+                prometheus::exponential_buckets(0.001, 2.0, 20).expect("buckets"),
+            ),
+            normalized_score: histogram(
+                &r,
+                "anomalyd_normalized_score",
+                "Scores divided by the threshold (1 = at the threshold).",
+                vec![
+                    0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0,
+                ],
+            ),
+            threshold: gauge(&r, "anomalyd_threshold", "The serving model's threshold."),
+            model_version: int_gauge(
+                &r,
+                "anomalyd_model_version",
+                "Version of the serving model (0 before the first model).",
+            ),
+            model_ready: int_gauge(
+                &r,
+                "anomalyd_model_ready",
+                "1 once a model is serving, 0 during warm-up.",
+            ),
+            training_duration: histogram(
+                &r,
+                "anomalyd_training_duration_seconds",
+                "Time to train a model.",
+                prometheus::exponential_buckets(0.1, 2.0, 12).expect("buckets"),
+            ),
+            training_loss: gauge(
+                &r,
+                "anomalyd_training_loss",
+                "Final training loss of the serving model.",
+            ),
+            offsets_committed: counter(
+                &r,
+                "anomalyd_offset_commits_total",
+                "Offset positions stored for commit.",
+            ),
+            pending_records: int_gauge(
+                &r,
+                "anomalyd_pending_records",
+                "Records consumed whose outputs are not all delivered yet.",
+            ),
+            window_keys: int_gauge(&r, "anomalyd_window_keys", "Keys with window state."),
+            window_evictions: counter(
+                &r,
+                "anomalyd_window_evictions_total",
+                "Keys evicted from window state to stay within input.window.max_keys.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_bounded_labels() {
+        let m = Metrics::new();
+        m.records_consumed.inc_by(3);
+        m.decode_errors.with_label_values(&["invalid_json"]).inc();
+        let text = m.render();
+        assert!(text.contains("anomalyd_records_consumed_total 3"), "{text}");
+        assert!(text.contains("anomalyd_decode_errors_total{code=\"invalid_json\"} 1"));
+        assert!(text.contains("anomalyd_decode_errors_total{code=\"missing_field\"} 0"));
+    }
+}

@@ -1,0 +1,190 @@
+//! The binary without Kafka: configuration errors, check-config, and offline scoring.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn anomalyd(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_anomalyd"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run anomalyd")
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn invalid_config_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("[model]\nwarmup_records = 0\n", "model.warmup_records"),
+        ("[kafka]\nbrokerz = \"x\"\n", "brokerz"),
+        ("[threshold]\nquantile = 1.5\n", "threshold.quantile"),
+        ("[model]\ndevice = \"tpu\"\n", "model.device"),
+        (
+            "[input]\nmode = \"window\"\nfeatures = [\"a\", \"b\"]\n",
+            "input.features",
+        ),
+        ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
+    ];
+    for (text, key) in cases {
+        let cfg = write_config(dir.path(), text);
+        let out = anomalyd(&["run", "--config", &cfg], &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(key),
+            "{text}: message should name {key}: {}",
+            stderr(&out)
+        );
+    }
+    let out = anomalyd(&["run"], &[("ANOMALYD__THRESHOLD__QUANTILE", "7")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("threshold.quantile"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_config_prints_effective_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[kafka]\nproperties = { \"sasl.password\" = \"hunter2\", \"security.protocol\" = \"SASL_SSL\" }\n",
+    );
+    let out = anomalyd(
+        &["check-config", "--config", &cfg],
+        &[("ANOMALYD__KAFKA__BROKERS", "kafka-0:9092,kafka-1:9092")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains("kafka-0:9092,kafka-1:9092"),
+        "env override applies: {text}"
+    );
+    assert!(text.contains("SASL_SSL"));
+    assert!(!text.contains("hunter2"), "secret leaked: {text}");
+    assert!(text.contains("*****"));
+}
+
+#[test]
+fn offline_score_of_the_nab_fixture() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
+         [model]\nwarmup_records = 1500\nthreads = 1\n",
+    );
+    let input = common::fixture("nab/art_daily_jumpsup.csv");
+    let out_path = dir.path().join("scores.jsonl");
+    let out = anomalyd(
+        &[
+            "score",
+            "--config",
+            &cfg,
+            "--input",
+            input.to_str().expect("path"),
+            "--output",
+            out_path.to_str().expect("path"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = common::nab_rows();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_path)
+        .expect("output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), rows.len(), "one score per record");
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["offset"], i as i64);
+        assert_eq!(v["partition"], 0);
+        assert_eq!(v["timestamp"], rows[i].0.as_str());
+    }
+    let windows = common::nab_windows();
+    let in_window = lines
+        .iter()
+        .filter(|v| v["is_anomaly"] == true)
+        .filter(|v| {
+            let ts = v["timestamp"].as_str().expect("ts");
+            windows
+                .iter()
+                .any(|(s, e)| ts >= s.as_str() && ts <= e.as_str())
+        })
+        .count();
+    assert!(in_window >= 1, "an anomaly inside the labelled window");
+    assert!(stderr(&out).contains("4032 scored"), "{}", stderr(&out));
+}
+
+#[test]
+fn offline_scores_are_reproducible_for_a_seed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\n[model]\nwarmup_records = 800\nepochs = 10\nthreads = 1\n",
+    );
+    let input = common::fixture("nab/art_daily_jumpsup.csv");
+    let run = || anomalyd(&["score", "--config", &cfg, "--input", input.to_str().expect("p")], &[]);
+    let (a, b) = (run(), run());
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(!a.stdout.is_empty());
+    assert!(a.stdout == b.stdout, "same input, config and seed give the same scores");
+}
+
+#[test]
+fn offline_score_reports_undecodable_lines_and_scores_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[model]\nwarmup_records = 50\nepochs = 5\nthreads = 1\n",
+    );
+    let mut input = String::new();
+    for i in 0..100 {
+        if i == 10 {
+            input.push_str("{\"cpu\": 1}\n");
+        } else {
+            input.push_str(&format!("{{\"cpu\": {}, \"mem\": {}}}\n", i % 7, i % 5));
+        }
+    }
+    let path = dir.path().join("in.jsonl");
+    std::fs::write(&path, input).expect("write");
+    let out = anomalyd(
+        &[
+            "score",
+            "--config",
+            &cfg,
+            "--input",
+            path.to_str().expect("p"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let offsets: Vec<i64> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["offset"]
+                .as_i64()
+                .expect("o")
+        })
+        .collect();
+    assert_eq!(offsets.len(), 99);
+    assert!(!offsets.contains(&10));
+    assert!(
+        stderr(&out).contains("record 10: missing_field"),
+        "{}",
+        stderr(&out)
+    );
+}

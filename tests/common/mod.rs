@@ -1,0 +1,370 @@
+//! Shared harness for the integration tests: the real broker that `scripts/test.sh` starts
+//! (address in ANOMALYD_TEST_BROKERS, default 127.0.0.1:19092), fresh topics and groups per
+//! test, and the daemon binary started on port 0.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub fn brokers() -> String {
+    std::env::var("ANOMALYD_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// A name no other test (or earlier run) has used.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000_000
+    )
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+pub fn create_topics(names: &[&str], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results =
+        block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap_or_else(|e| {
+            panic!(
+                "cannot reach the test broker at {} ({e}); run scripts/test.sh, or \
+                 KAFKA_PORT=19092 scripts/broker.sh start",
+                brokers()
+            )
+        });
+    for r in results {
+        if let Err((topic, code)) = r {
+            panic!("creating topic {topic}: {code:?}");
+        }
+    }
+}
+
+/// Produces (partition, key, payload) messages and waits until all are delivered.
+pub fn produce(topic: &str, messages: &[(i32, Option<String>, Vec<u8>)]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for (partition, key, payload) in messages {
+        let mut rec = BaseRecord::to(topic).partition(*partition).payload(payload);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        let mut rec = rec;
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+impl Consumed {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("output is JSON")
+    }
+}
+
+/// Reads every message now in the topic (up to the high watermarks), without a group.
+pub fn read_all(topic: &str, partitions: i32) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut high = HashMap::new();
+    for p in 0..partitions {
+        let (_, h) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        high.insert(p, h);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut pos: HashMap<i32, i64> = (0..partitions).map(|p| (p, 0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pos.iter().any(|(p, &o)| o < high[p]) {
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("consume");
+            pos.insert(m.partition(), m.offset() + 1);
+            out.push(Consumed {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// Topics and group of one test.
+pub struct Topics {
+    pub input: String,
+    pub scores: String,
+    pub alerts: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl Topics {
+    pub fn fresh(test: &str, partitions: i32) -> Self {
+        let t = Topics {
+            input: unique(&format!("{test}.in")),
+            scores: unique(&format!("{test}.scores")),
+            alerts: unique(&format!("{test}.alerts")),
+            dlq: unique(&format!("{test}.dlq")),
+            group: unique(&format!("{test}.group")),
+        };
+        create_topics(&[&t.input], partitions);
+        create_topics(&[&t.scores, &t.alerts, &t.dlq], 1);
+        t
+    }
+
+    /// The [kafka] section of a config file for these topics.
+    pub fn kafka_toml(&self) -> String {
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\n\
+             scores_topic = \"{}\"\nalerts_topic = \"{}\"\ndlq_topic = \"{}\"\n\
+             session_timeout = \"6s\"\ncommit_interval = \"200ms\"\n",
+            brokers(),
+            self.group,
+            self.input,
+            self.scores,
+            self.alerts,
+            self.dlq
+        )
+    }
+}
+
+/// The daemon under test, with its stderr (JSON logs) collected.
+pub struct Daemon {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub metrics_url: String,
+}
+
+impl Daemon {
+    /// Starts `anomalyd run` with `config` (the test's TOML; http and log settings are added).
+    pub fn start(dir: &Path, config: &str) -> Daemon {
+        let path = dir.join(format!("{}.toml", unique("config")));
+        let full =
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n");
+        std::fs::write(&path, full).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_anomalyd"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start anomalyd");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(a) = v.get("addr").and_then(|a| a.as_str()) {
+                        let _ = addr_tx.send(a.to_string());
+                    }
+                }
+                sink.lock().expect("logs").push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "daemon did not report its http address; logs:\n{}",
+                    logs.lock().expect("logs").join("\n")
+                )
+            });
+        Daemon {
+            child,
+            logs,
+            metrics_url: format!("http://{addr}/metrics"),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("logs").join("\n")
+    }
+
+    pub fn scrape(&self) -> Option<String> {
+        let mut resp = ureq::get(&self.metrics_url).call().ok()?;
+        resp.body_mut().read_to_string().ok()
+    }
+
+    /// A metric's value in the exposition (sum over its label sets), if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric_value(&self.scrape()?, name)
+    }
+
+    /// Polls until `name` satisfies `ok`, or panics with the logs after `timeout`.
+    pub fn wait_metric(&mut self, name: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.metric(name).filter(|v| ok(*v)) {
+                return v;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "daemon exited ({status}) while waiting for {name}; logs:\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {name} (last {:?}); logs:\n{}",
+                self.metric(name),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(mut self, timeout: Duration) -> (ExitStatus, String) {
+        self.signal("-TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(100)); // let the log reader finish
+                return (status, self.logs());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "daemon did not exit within {timeout:?} of SIGTERM; logs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no drain, no final commit.
+    pub fn kill(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sums a metric's samples in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let metric = series.split('{').next().unwrap_or_default();
+        if metric == name {
+            let v: f64 = value.parse().ok()?;
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// The NAB fixture as (timestamp, value) rows.
+pub fn nab_rows() -> Vec<(String, f64)> {
+    let text = std::fs::read_to_string(fixture("nab/art_daily_jumpsup.csv")).expect("fixture");
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let (t, v) = l.split_once(',').expect("row");
+            (t.to_string(), v.parse().expect("value"))
+        })
+        .collect()
+}
+
+/// The fixture's labelled anomaly windows, as (start, end) timestamps "YYYY-MM-DD HH:MM:SS".
+pub fn nab_windows() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(fixture("nab/labels.json")).expect("labels");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("labels json");
+    v["artificialWithAnomaly/art_daily_jumpsup.csv"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .map(|w| {
+            let s = |i: usize| w[i].as_str().expect("ts")[..19].to_string();
+            (s(0), s(1))
+        })
+        .collect()
+}

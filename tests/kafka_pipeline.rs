@@ -1,0 +1,295 @@
+//! End-to-end tests of `anomalyd run` against the real Kafka-protocol broker started by
+//! scripts/test.sh.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{Daemon, Topics, nab_rows, nab_windows, produce, read_all};
+
+const NAB_CONFIG: &str = r#"
+[input]
+mode = "window"
+features = ["value"]
+key_field = "series"
+timestamp_field = "timestamp"
+[input.window]
+size = 32
+[model]
+warmup_records = 1500
+threads = 1
+"#;
+
+fn nab_messages() -> Vec<(i32, Option<String>, Vec<u8>)> {
+    nab_rows()
+        .into_iter()
+        .map(|(ts, v)| {
+            let payload =
+                serde_json::json!({"series": "art_daily_jumpsup", "timestamp": ts, "value": v});
+            (
+                0,
+                Some("art_daily_jumpsup".to_string()),
+                payload.to_string().into_bytes(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn nab_series_every_record_scored_once_and_the_labelled_window_alerts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Topics::fresh("e2e", 1);
+    let messages = nab_messages();
+    let n = messages.len();
+    produce(&t.input, &messages);
+
+    let mut daemon = Daemon::start(dir.path(), &format!("{}{NAB_CONFIG}", t.kafka_toml()));
+    daemon.wait_metric(
+        "anomalyd_records_scored_total",
+        Duration::from_secs(180),
+        |v| v >= n as f64,
+    );
+    // Scraped during the run: every produced record was counted as consumed.
+    let consumed = daemon
+        .metric("anomalyd_records_consumed_total")
+        .expect("metric");
+    assert_eq!(consumed, n as f64, "records counted = records produced");
+    daemon.wait_metric(
+        "anomalyd_messages_produced_total",
+        Duration::from_secs(60),
+        |v| v >= n as f64,
+    );
+    let (status, logs) = daemon.terminate(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "SIGTERM exits 0, got {status}; logs:\n{logs}"
+    );
+
+    let scores = read_all(&t.scores, 1);
+    assert_eq!(scores.len(), n, "exactly one score per input record");
+    let offsets: BTreeSet<i64> = scores
+        .iter()
+        .map(|m| m.json()["offset"].as_i64().expect("offset"))
+        .collect();
+    assert_eq!(
+        offsets,
+        (0..n as i64).collect::<BTreeSet<_>>(),
+        "offsets match the input"
+    );
+    for m in scores.iter().take(3) {
+        let v = m.json();
+        for field in [
+            "key",
+            "partition",
+            "offset",
+            "timestamp",
+            "score",
+            "threshold",
+            "is_anomaly",
+            "model_version",
+        ] {
+            assert!(v.get(field).is_some(), "score message lacks {field}: {v}");
+        }
+        assert_eq!(v["key"], "art_daily_jumpsup");
+        assert_eq!(m.key.as_deref(), Some("art_daily_jumpsup"));
+    }
+
+    let alerts: Vec<serde_json::Value> = read_all(&t.alerts, 1).iter().map(|m| m.json()).collect();
+    let windows = nab_windows();
+    let in_window = alerts
+        .iter()
+        .filter(|a| {
+            let ts = a["timestamp"].as_str().expect("timestamp");
+            windows
+                .iter()
+                .any(|(s, e)| ts >= s.as_str() && ts <= e.as_str())
+        })
+        .count();
+    assert!(
+        in_window >= 1,
+        "no alert in the labelled window {windows:?}; alerts: {}",
+        alerts.len()
+    );
+    let flagged = scores
+        .iter()
+        .filter(|m| m.json()["is_anomaly"] == true)
+        .count();
+    assert_eq!(flagged, alerts.len(), "one alert per anomalous score");
+    assert!(
+        alerts[0]["top_features"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    );
+    println!(
+        "{n} scored, {} alerts, {in_window} inside the labelled window",
+        alerts.len()
+    );
+}
+
+/// Synthetic multivariate records: 8 correlated features.
+fn synthetic(i: usize) -> Vec<u8> {
+    let t = i as f64 * 0.01;
+    let base = t.sin();
+    let fields: BTreeMap<String, f64> = (0..8)
+        .map(|j| {
+            (
+                format!("f{j}"),
+                base * (j as f64 + 1.0) + ((i * 7 + j * 13) % 10) as f64 * 0.01,
+            )
+        })
+        .collect();
+    serde_json::to_vec(&fields).expect("json")
+}
+
+const FIELDS_CONFIG: &str = r#"
+[input]
+features = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"]
+[model]
+warmup_records = 1000
+epochs = 20
+threads = 1
+"#;
+
+#[test]
+fn sigkill_mid_stream_then_restart_loses_no_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("models");
+    let t = Topics::fresh("kill", 2);
+    let config = format!(
+        "{}{FIELDS_CONFIG}store_dir = \"{}\"\n",
+        t.kafka_toml(),
+        store.display()
+    );
+    let batch = |range: std::ops::Range<usize>| -> Vec<(i32, Option<String>, Vec<u8>)> {
+        range
+            .map(|i| ((i % 2) as i32, None, synthetic(i)))
+            .collect()
+    };
+    produce(&t.input, &batch(0..10_000));
+    let mut first = Daemon::start(dir.path(), &config);
+    first.wait_metric(
+        "anomalyd_records_scored_total",
+        Duration::from_secs(120),
+        |v| v >= 2_000.0,
+    );
+    first.kill();
+    // More input arrives while the daemon is down.
+    produce(&t.input, &batch(10_000..20_000));
+
+    let second = Daemon::start(dir.path(), &config);
+    let expected: BTreeSet<(i32, i64)> = (0..2)
+        .flat_map(|p| (0..10_000).map(move |o| (p, o)))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let (seen, total) = loop {
+        let scores = read_all(&t.scores, 1);
+        let seen: BTreeSet<(i32, i64)> = scores
+            .iter()
+            .map(|m| {
+                let v = m.json();
+                (
+                    v["partition"].as_i64().expect("p") as i32,
+                    v["offset"].as_i64().expect("o"),
+                )
+            })
+            .collect();
+        if seen.is_superset(&expected) || std::time::Instant::now() > deadline {
+            break (seen, scores.len());
+        }
+        let _ = second.metric("anomalyd_records_scored_total");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let missing: Vec<_> = expected.difference(&seen).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "records never scored (first 10): {missing:?}; logs:\n{}",
+        second.logs()
+    );
+    let duplicates = total - seen.len();
+    println!("20000 records, {total} scores, {duplicates} duplicates after SIGKILL + restart");
+    assert!(
+        second.logs().contains("loaded saved model"),
+        "restart warm-starts from the store"
+    );
+    let (status, logs) = second.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+}
+
+#[test]
+fn malformed_records_go_to_the_dlq_with_their_reason_and_good_ones_are_scored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Topics::fresh("dlq", 1);
+    let bad: Vec<(&str, &str)> = vec![
+        ("{\"cpu\": 1.0, \"mem\"", "invalid_json"),
+        ("{\"cpu\": 1.0}", "missing_field"),
+        ("{\"cpu\": \"high\", \"mem\": 2.0}", "not_a_number"),
+        ("{\"cpu\": \"NaN\", \"mem\": 2.0}", "not_a_number"),
+        ("{\"cpu\": NaN, \"mem\": 2.0}", "invalid_json"),
+        ("{\"cpu\": 1e300, \"mem\": 2.0}", "not_finite"),
+        ("[1, 2]", "invalid_json"),
+    ];
+    let mut messages = Vec::new();
+    let mut expected_bad = BTreeMap::new();
+    for i in 0..600usize {
+        if i % 80 == 40 {
+            let (payload, reason) = bad[(i / 80) % bad.len()];
+            expected_bad.insert(i as i64, (payload, reason));
+            messages.push((0, None, payload.as_bytes().to_vec()));
+        } else {
+            let x = (i as f64 * 0.1).sin();
+            let p = serde_json::json!({"cpu": x, "mem": 2.0 * x + 1.0, "host": "h1"});
+            messages.push((0, None, p.to_string().into_bytes()));
+        }
+    }
+    produce(&t.input, &messages);
+    let good = messages.len() - expected_bad.len();
+    let config = format!(
+        "{}[input]\nfeatures = [\"cpu\", \"mem\"]\nkey_field = \"host\"\n[model]\nwarmup_records = 200\nthreads = 1\n",
+        t.kafka_toml()
+    );
+    let mut daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_metric(
+        "anomalyd_records_scored_total",
+        Duration::from_secs(120),
+        |v| v >= good as f64,
+    );
+    let errors = daemon.wait_metric(
+        "anomalyd_decode_errors_total",
+        Duration::from_secs(30),
+        |v| v >= expected_bad.len() as f64,
+    );
+    assert_eq!(errors, expected_bad.len() as f64);
+    daemon.wait_metric(
+        "anomalyd_messages_produced_total",
+        Duration::from_secs(60),
+        |v| v >= messages.len() as f64,
+    );
+    let (status, logs) = daemon.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+
+    let dlq = read_all(&t.dlq, 1);
+    assert_eq!(dlq.len(), expected_bad.len());
+    for m in &dlq {
+        let v = m.json();
+        let offset = v["offset"].as_i64().expect("offset");
+        let (payload, reason) = expected_bad[&offset];
+        assert_eq!(v["reason"], reason, "{v}");
+        assert_eq!(v["payload"], payload, "the original bytes are kept");
+        assert_eq!(v["partition"], 0);
+        assert!(!v["detail"].as_str().unwrap_or_default().is_empty());
+    }
+    let scores = read_all(&t.scores, 1);
+    let offsets: BTreeSet<i64> = scores
+        .iter()
+        .map(|m| m.json()["offset"].as_i64().expect("o"))
+        .collect();
+    let want: BTreeSet<i64> = (0..messages.len() as i64)
+        .filter(|o| !expected_bad.contains_key(o))
+        .collect();
+    assert_eq!(
+        offsets, want,
+        "every good record scored once, none of the bad ones"
+    );
+    assert_eq!(scores.len(), good);
+}
