@@ -87,6 +87,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         SourceContext {
             tracker: tracker.clone(),
             topic: k.input_topic.clone(),
+            metrics: metrics.clone(),
         },
     )
     .map_err(PipelineError::from)?;
@@ -116,8 +117,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 
     let policy = settings.batch;
     let dim = settings.input.dim();
+    let batch_metrics = metrics.clone();
     spawn_stage("batch", exit_tx.clone(), move || {
-        batch::run(rec_rx, batch_tx, policy, dim);
+        batch::run(rec_rx, batch_tx, policy, dim, &batch_metrics);
         Ok(())
     });
 

@@ -136,11 +136,25 @@ fn offline_scores_are_reproducible_for_a_seed() {
         "[input]\nmode = \"window\"\nfeatures = [\"value\"]\n[model]\nwarmup_records = 800\nepochs = 10\nthreads = 1\n",
     );
     let input = common::fixture("nab/art_daily_jumpsup.csv");
-    let run = || anomalyd(&["score", "--config", &cfg, "--input", input.to_str().expect("p")], &[]);
+    let run = || {
+        anomalyd(
+            &[
+                "score",
+                "--config",
+                &cfg,
+                "--input",
+                input.to_str().expect("p"),
+            ],
+            &[],
+        )
+    };
     let (a, b) = (run(), run());
     assert!(a.status.success(), "{}", stderr(&a));
     assert!(!a.stdout.is_empty());
-    assert!(a.stdout == b.stdout, "same input, config and seed give the same scores");
+    assert!(
+        a.stdout == b.stdout,
+        "same input, config and seed give the same scores"
+    );
 }
 
 #[test]

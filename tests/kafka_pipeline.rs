@@ -208,7 +208,10 @@ fn sigkill_mid_stream_then_restart_loses_no_record() {
     );
     let duplicates = total - seen.len();
     println!("20000 records, {total} scores, {duplicates} duplicates after SIGKILL + restart");
-    assert!(duplicates <= 10_000, "only what the first daemon consumed can be replayed");
+    assert!(
+        duplicates <= 10_000,
+        "only what the first daemon consumed can be replayed"
+    );
     assert!(
         second.logs().contains("loaded saved model"),
         "restart warm-starts from the store"

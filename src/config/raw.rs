@@ -33,6 +33,8 @@ pub struct RawKafka {
     pub session_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
     pub properties: BTreeMap<String, String>,
 }
 

@@ -34,6 +34,7 @@ pub struct KafkaSettings {
     pub auto_offset_reset: OffsetReset,
     pub session_timeout: Duration,
     pub commit_interval: Duration,
+    pub statistics_interval: Duration,
     pub properties: BTreeMap<String, String>,
 }
 
@@ -166,12 +167,19 @@ impl Settings {
             auto_offset_reset: k.auto_offset_reset,
             session_timeout: k.session_timeout,
             commit_interval: k.commit_interval,
+            statistics_interval: k.statistics_interval,
             properties: k.properties,
         };
         if kafka.session_timeout < Duration::from_secs(1) {
             return Err(ConfigError::invalid(
                 "kafka.session_timeout",
                 "must be at least 1s",
+            ));
+        }
+        if kafka.statistics_interval < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "kafka.statistics_interval",
+                "must be at least 100ms",
             ));
         }
         if kafka.commit_interval.is_zero() {

@@ -124,7 +124,7 @@ impl Detector {
         let started = Instant::now();
         let dim = features.len();
         let n = rows.len() / dim.max(1);
-        if dim == 0 || n < 2 || rows.len() % dim != 0 {
+        if dim == 0 || n < 2 || !rows.len().is_multiple_of(dim) {
             return Err(ModelError::Training {
                 records: n,
                 dim,
@@ -251,7 +251,7 @@ pub(crate) mod tests {
     }
 
     pub fn trained() -> Detector {
-        let _ = tch::set_num_threads(1);
+        tch::set_num_threads(1);
         Detector::train(
             &normal_rows(500, 0),
             features(),

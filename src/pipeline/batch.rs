@@ -8,14 +8,21 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Batch, Record};
 use crate::config::BatchPolicy;
+use crate::telemetry::Metrics;
 
-pub fn run(records: Receiver<Record>, batches: Sender<Batch>, policy: BatchPolicy, dim: usize) {
+pub fn run(
+    records: Receiver<Record>,
+    batches: Sender<Batch>,
+    policy: BatchPolicy,
+    dim: usize,
+    metrics: &Metrics,
+) {
     let new_batch = || Batch::with_capacity(policy.max_records, dim);
     let mut batch = new_batch();
-    loop {
-        // Wait as long as needed for a batch's first record.
-        let Ok(first) = records.recv() else { break };
-        let deadline = Instant::now() + policy.linger;
+    // Wait as long as needed for a batch's first record.
+    while let Ok(first) = records.recv() {
+        let started = Instant::now();
+        let deadline = started + policy.linger;
         batch.push(first);
         let mut open = true;
         while batch.len() < policy.max_records {
@@ -28,6 +35,9 @@ pub fn run(records: Receiver<Record>, batches: Sender<Batch>, policy: BatchPolic
                 }
             }
         }
+        metrics
+            .batch_linger
+            .observe(started.elapsed().as_secs_f64());
         if batches
             .send(std::mem::replace(&mut batch, new_batch()))
             .is_err()
@@ -73,7 +83,7 @@ mod tests {
             tx.send(rec(o)).expect("send");
         }
         drop(tx);
-        run(rx, btx, policy(3, 60_000), 1);
+        run(rx, btx, policy(3, 60_000), 1, &Metrics::new());
         let sizes: Vec<usize> = brx.iter().map(|b| b.len()).collect();
         assert_eq!(
             sizes,
@@ -86,7 +96,7 @@ mod tests {
     fn flushes_on_linger() {
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (btx, brx) = crossbeam_channel::bounded(16);
-        let h = std::thread::spawn(move || run(rx, btx, policy(100, 10), 1));
+        let h = std::thread::spawn(move || run(rx, btx, policy(100, 10), 1, &Metrics::new()));
         tx.send(rec(0)).expect("send");
         tx.send(rec(1)).expect("send");
         // With a linger of 10 ms and room for 100, only the deadline can flush this batch

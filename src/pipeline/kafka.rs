@@ -10,6 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::OffsetTracker;
@@ -52,6 +53,10 @@ pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
         .set(
             "heartbeat.interval.ms",
             (k.session_timeout.as_millis() / 10).max(100).to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            k.statistics_interval.as_millis().to_string(),
         );
     c
 }
@@ -163,9 +168,25 @@ impl ProducerContext for DeliveryContext {
 pub struct SourceContext {
     pub tracker: Arc<OffsetTracker>,
     pub topic: String,
+    pub metrics: Arc<Metrics>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// librdkafka statistics (every `statistics.interval.ms`): per-partition consumer lag.
+    fn stats(&self, stats: Statistics) {
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        for (&p, part) in &topic.partitions {
+            if p >= 0 && part.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&p.to_string()])
+                    .set(part.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -174,6 +195,7 @@ impl ConsumerContext for SourceContext {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(partitions = ?parts, "partitions revoked");
             self.tracker.forget(&parts);
+            self.metrics.consumer_lag.reset();
         }
     }
 

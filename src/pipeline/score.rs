@@ -78,6 +78,12 @@ impl Scorer {
         self.metrics.model_version.set(det.version() as i64);
         self.metrics.threshold.set(det.threshold() as f64);
         self.metrics.training_loss.set(det.meta.training.final_loss);
+        if let Ok(t) = humantime::parse_rfc3339(&det.meta.created_at) {
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.metrics.model_created.set(secs);
+        }
         self.metrics.model_ready.set(1);
         self.detector = Some(det);
     }
@@ -128,7 +134,17 @@ impl Scorer {
             self.settings.threshold,
             version,
             self.settings.device,
-        )?;
+        )
+        .inspect_err(|_| {
+            self.metrics
+                .training_runs
+                .with_label_values(&["failed"])
+                .inc();
+        })?;
+        self.metrics
+            .training_runs
+            .with_label_values(&["promoted"])
+            .inc();
         self.metrics
             .training_duration
             .observe(started.elapsed().as_secs_f64());

@@ -2,8 +2,8 @@
 //! per batch; label values are static codes, never record data.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::pipeline::decode::DecodeErrorCode;
@@ -32,7 +32,15 @@ pub struct Metrics {
     pub pending_records: IntGauge,
     pub window_keys: IntGauge,
     pub window_evictions: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub batch_linger: Histogram,
+    pub model_created: Gauge,
+    pub training_runs: IntCounterVec,
+    pub alert_top_feature: IntCounterVec,
 }
+
+/// `result` label values of `anomalyd_training_runs_total`.
+pub const TRAINING_RESULTS: [&str; 3] = ["promoted", "rejected", "failed"];
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
@@ -86,6 +94,31 @@ impl Metrics {
         for o in OUTPUTS {
             messages_produced.with_label_values(&[o]);
         }
+        let training_runs = counter_vec(
+            &r,
+            "anomalyd_training_runs_total",
+            "Model training runs, by result (promoted, rejected, failed).",
+            "result",
+        );
+        for res in TRAINING_RESULTS {
+            training_runs.with_label_values(&[res]);
+        }
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "anomalyd_consumer_lag_records",
+                "Records in the input topic not yet committed, per assigned partition \
+                 (librdkafka statistics).",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(consumer_lag.clone()))
+            .expect("registered once");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
         Metrics {
             records_consumed: counter(
                 &r,
@@ -168,6 +201,26 @@ impl Metrics {
                 &r,
                 "anomalyd_window_evictions_total",
                 "Keys evicted from window state to stay within input.window.max_keys.",
+            ),
+            consumer_lag,
+            batch_linger: histogram(
+                &r,
+                "anomalyd_batch_linger_seconds",
+                "Age of a batch's first record when the batch is handed to the scorer.",
+                prometheus::exponential_buckets(0.0005, 2.0, 14).expect("buckets"),
+            ),
+            model_created: gauge(
+                &r,
+                "anomalyd_model_created_timestamp_seconds",
+                "Unix time the serving model was trained.",
+            ),
+            training_runs,
+            alert_top_feature: counter_vec(
+                &r,
+                "anomalyd_alert_top_feature_total",
+                "Alerts by the feature with the largest share of their error (bounded by \
+                 the configured features).",
+                "feature",
             ),
             registry: r,
         }

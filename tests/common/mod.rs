@@ -220,10 +220,10 @@ impl Daemon {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(a) = v.get("addr").and_then(|a| a.as_str()) {
-                        let _ = addr_tx.send(a.to_string());
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(a) = v.get("addr").and_then(|a| a.as_str())
+                {
+                    let _ = addr_tx.send(a.to_string());
                 }
                 sink.lock().expect("logs").push(line);
             }
