@@ -23,7 +23,7 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 log "cargo test"
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$RUN_DIR/test.log"
+RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --all-targets 2>&1 | tee "$RUN_DIR/test.log"
 status=${PIPESTATUS[0]}
 passed=$(grep -Eo '[0-9]+ passed' "$RUN_DIR/test.log" | awk '{s+=$1} END{print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$RUN_DIR/test.log" | awk '{s+=$1} END{print s+0}')
