@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use anomalyd::config::{Activation, InputShape, InputSpec, ModelKind, ModelSpec, ThresholdSpec};
+use anomalyd::config::{InputShape, InputSpec, ModelSpec, ThresholdSpec};
 use anomalyd::model::Detector;
 use anomalyd::pipeline::decode::Decoder;
 use anomalyd::pipeline::output::{encode, score_message};
@@ -60,21 +60,18 @@ fn bench(c: &mut Criterion) {
     });
 
     tch::set_num_threads(1);
-    let model = ModelSpec {
-        kind: ModelKind::Dense,
-        hidden: vec![64, 8],
-        activation: Activation::Relu,
-        warmup_records: 2048,
-        epochs: 2,
-        batch_size: 256,
-        learning_rate: 1e-3,
-        seed: 1,
-    };
+    let mut raw = anomalyd::config::load_raw(None).expect("defaults");
+    raw.input.features = names();
+    raw.model.hidden = vec![64, 8];
+    raw.model.epochs = 2;
+    let model: ModelSpec = anomalyd::config::Settings::validate(raw)
+        .expect("valid")
+        .model;
     let det = Detector::train(
         &rows(2048),
         names(),
         &model,
-        ThresholdSpec::Quantile(0.99),
+        ThresholdSpec::Quantile { quantile: 0.99 },
         1,
         tch::Device::Cpu,
     )
@@ -95,8 +92,14 @@ fn bench(c: &mut Criterion) {
                 timestamp: Timestamp::Number(1.7e12 + i as f64),
             })
             .collect(),
+        thresholds: vec![det.threshold(); BATCH],
+        anomalies: out.scores.iter().map(|&s| s > det.threshold()).collect(),
+        normalized: out
+            .scores
+            .iter()
+            .map(|&s| det.normalize(s, det.threshold()))
+            .collect(),
         scores: out.scores,
-        threshold: det.threshold(),
         model_version: 1,
         explanations: Vec::new(),
     };

@@ -9,7 +9,11 @@ use std::path::Path;
 
 use config::{Config, Environment, File, FileFormat};
 
-pub use raw::{Activation, DeviceChoice, InputMode, LogFormat, ModelKind, OffsetReset, RawConfig};
+pub use raw::{
+    Activation, ConcreteParams, ContractiveParams, DenoisingParams, DeviceChoice, InputMode,
+    LogFormat, ModelKind, Noise, OffsetReset, PcaParams, RawConfig, SparseParams,
+    TorchScriptParams, VaeParams,
+};
 pub use validate::{
     BatchPolicy, InputShape, InputSpec, KafkaSettings, ModelRuntime, ModelSpec, Settings,
     ThresholdSpec,

@@ -96,12 +96,126 @@ pub struct RawModel {
     pub device: DeviceChoice,
     pub threads: usize,
     pub store_dir: String,
+    pub sparse: SparseParams,
+    pub denoising: DenoisingParams,
+    pub contractive: ContractiveParams,
+    pub vae: VaeParams,
+    pub concrete: ConcreteParams,
+    pub pca: PcaParams,
+    pub torchscript: TorchScriptParams,
+}
+
+/// The autoencoder family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Deep undercomplete autoencoder.
+    Dense,
+    /// k-sparse (Makhzani & Frey 2013): only the k largest-magnitude code units are kept.
+    SparseTopk,
+    /// L1 penalty on the code activations.
+    SparseL1,
+    /// KL(rho || rho_hat) penalty on the mean activation of sigmoid code units (Ng 2011).
+    SparseKl,
+    /// Denoising (Vincent et al. 2008): corrupted inputs in training, clean targets.
+    Denoising,
+    /// Contractive (Rifai et al. 2011): penalty on the encoder Jacobian's Frobenius norm.
+    Contractive,
+    /// Variational (Kingma & Welling 2014) scored by reconstruction probability (An & Cho 2015).
+    Vae,
+    /// Concrete autoencoder (Abid, Balin & Zou 2019): learns to select k input features.
+    Concrete,
+    /// Linear baseline: top-p principal components.
+    Pca,
+    /// A user's TorchScript module (standardised x -> reconstruction).
+    Torchscript,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 10] = [
+        ModelKind::Dense,
+        ModelKind::SparseTopk,
+        ModelKind::SparseL1,
+        ModelKind::SparseKl,
+        ModelKind::Denoising,
+        ModelKind::Contractive,
+        ModelKind::Vae,
+        ModelKind::Concrete,
+        ModelKind::Pca,
+        ModelKind::Torchscript,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Dense => "dense",
+            ModelKind::SparseTopk => "sparse_topk",
+            ModelKind::SparseL1 => "sparse_l1",
+            ModelKind::SparseKl => "sparse_kl",
+            ModelKind::Denoising => "denoising",
+            ModelKind::Contractive => "contractive",
+            ModelKind::Vae => "vae",
+            ModelKind::Concrete => "concrete",
+            ModelKind::Pca => "pca",
+            ModelKind::Torchscript => "torchscript",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseParams {
+    pub k: usize,
+    pub lambda: f64,
+    pub rho: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    Dense,
+pub enum Noise {
+    Gaussian,
+    Masking,
+    SaltPepper,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenoisingParams {
+    pub noise: Noise,
+    pub sigma: f64,
+    pub fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractiveParams {
+    pub lambda: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeParams {
+    pub samples: usize,
+    pub beta: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcreteParams {
+    pub k: usize,
+    pub start_temperature: f64,
+    pub end_temperature: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcaParams {
+    pub components: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TorchScriptParams {
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -126,12 +240,17 @@ pub enum DeviceChoice {
 pub struct RawThreshold {
     pub kind: ThresholdKind,
     pub quantile: f64,
+    pub risk: f64,
+    pub init_level: f64,
+    pub depth: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ThresholdKind {
     Quantile,
+    Spot,
+    Dspot,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

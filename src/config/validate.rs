@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::raw::{
-    Activation, DeviceChoice, InputMode, LogFormat, ModelKind, OffsetReset, RawConfig,
+    Activation, ConcreteParams, ContractiveParams, DenoisingParams, DeviceChoice, InputMode,
+    LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, SparseParams, ThresholdKind,
+    TorchScriptParams, VaeParams,
 };
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,20 @@ pub struct ModelSpec {
     pub batch_size: usize,
     pub learning_rate: f64,
     pub seed: i64,
+    pub sparse: SparseParams,
+    pub denoising: DenoisingParams,
+    pub contractive: ContractiveParams,
+    pub vae: VaeParams,
+    pub concrete: ConcreteParams,
+    pub pca: PcaParams,
+    pub torchscript: TorchScriptParams,
+}
+
+impl ModelSpec {
+    /// The code (latent) size: the last hidden layer.
+    pub fn bottleneck(&self) -> i64 {
+        self.hidden.last().copied().unwrap_or(1)
+    }
 }
 
 /// Where and how models run and are kept (not part of a model's identity).
@@ -121,9 +137,55 @@ pub struct ModelRuntime {
     pub store_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ThresholdSpec {
-    Quantile(f64),
+    Quantile {
+        quantile: f64,
+    },
+    Spot {
+        risk: f64,
+        init_level: f64,
+    },
+    Dspot {
+        risk: f64,
+        init_level: f64,
+        depth: usize,
+    },
+}
+
+fn in_unit(key: &'static str, v: f64) -> Result<f64, ConfigError> {
+    if v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("must be in (0, 1), got {v}"),
+        ))
+    }
+}
+
+fn non_negative(key: &'static str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("must be a finite number >= 0, got {v}"),
+        ))
+    }
+}
+
+/// `k` when set, else `auto`; must lie in 1..=max.
+fn count(key: &'static str, k: usize, auto: i64, max: i64) -> Result<usize, ConfigError> {
+    let k = if k == 0 { auto.max(1) } else { k as i64 };
+    if k < 1 || k > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be in 1..={max}, got {k}"),
+        ));
+    }
+    Ok(k as usize)
 }
 
 /// Encoder sizes for `hidden = []`: a wider first layer, then a bottleneck of a quarter of
@@ -279,6 +341,59 @@ impl Settings {
                 "must be a positive number",
             ));
         }
+        let bottleneck = hidden.last().copied().unwrap_or(1);
+        let quarter = (dim + 3) / 4;
+        let sparse = SparseParams {
+            k: count("model.sparse.k", m.sparse.k, bottleneck / 2, bottleneck)?,
+            lambda: non_negative("model.sparse.lambda", m.sparse.lambda)?,
+            rho: in_unit("model.sparse.rho", m.sparse.rho)?,
+        };
+        let denoising = DenoisingParams {
+            noise: m.denoising.noise,
+            sigma: non_negative("model.denoising.sigma", m.denoising.sigma)?,
+            fraction: in_unit("model.denoising.fraction", m.denoising.fraction)?,
+        };
+        let contractive = ContractiveParams {
+            lambda: non_negative("model.contractive.lambda", m.contractive.lambda)?,
+        };
+        let vae = VaeParams {
+            samples: positive("model.vae.samples", m.vae.samples)?,
+            beta: non_negative("model.vae.beta", m.vae.beta)?,
+        };
+        let c = m.concrete;
+        if !(c.end_temperature > 0.0 && c.end_temperature <= c.start_temperature) {
+            return Err(ConfigError::invalid(
+                "model.concrete.end_temperature",
+                "must be > 0 and <= model.concrete.start_temperature",
+            ));
+        }
+        let concrete = ConcreteParams {
+            k: count("model.concrete.k", c.k, quarter, (dim - 1).max(1))?,
+            ..c
+        };
+        let pca = PcaParams {
+            components: count(
+                "model.pca.components",
+                m.pca.components,
+                quarter,
+                (dim - 1).max(1),
+            )?,
+        };
+        if m.kind == ModelKind::Torchscript {
+            let path = &m.torchscript.path;
+            if path.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "model.torchscript.path",
+                    "is required when model.kind = \"torchscript\"",
+                ));
+            }
+            if !std::path::Path::new(path).is_file() {
+                return Err(ConfigError::invalid(
+                    "model.torchscript.path",
+                    format!("{path:?} is not a file"),
+                ));
+            }
+        }
         let model = ModelSpec {
             kind: m.kind,
             hidden,
@@ -288,6 +403,13 @@ impl Settings {
             batch_size: positive("model.batch_size", m.batch_size)?,
             learning_rate: m.learning_rate,
             seed: m.seed,
+            sparse,
+            denoising,
+            contractive,
+            vae,
+            concrete,
+            pca,
+            torchscript: m.torchscript,
         };
         let runtime = ModelRuntime {
             device: m.device,
@@ -295,14 +417,21 @@ impl Settings {
             store_dir: optional(&m.store_dir).map(PathBuf::from),
         };
 
-        let q = raw.threshold.quantile;
-        if !(q > 0.0 && q < 1.0) {
-            return Err(ConfigError::invalid(
-                "threshold.quantile",
-                format!("must be in (0, 1), got {q}"),
-            ));
-        }
-        let threshold = ThresholdSpec::Quantile(q);
+        let t = raw.threshold;
+        let threshold = match t.kind {
+            ThresholdKind::Quantile => ThresholdSpec::Quantile {
+                quantile: in_unit("threshold.quantile", t.quantile)?,
+            },
+            ThresholdKind::Spot => ThresholdSpec::Spot {
+                risk: in_unit("threshold.risk", t.risk)?,
+                init_level: in_unit("threshold.init_level", t.init_level)?,
+            },
+            ThresholdKind::Dspot => ThresholdSpec::Dspot {
+                risk: in_unit("threshold.risk", t.risk)?,
+                init_level: in_unit("threshold.init_level", t.init_level)?,
+                depth: positive("threshold.depth", t.depth)?,
+            },
+        };
 
         let http_listen = raw.http.listen.parse().map_err(|e| {
             ConfigError::invalid(

@@ -1,15 +1,17 @@
 //! Training and scoring with one autoencoder, its scaler and its threshold.
 
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use super::ModelError;
+use super::network::Network;
 use super::scaler::StandardScaler;
-use super::threshold::quantile;
-use super::{DenseAutoencoder, ModelError};
-use crate::config::{ModelSpec, ThresholdSpec};
+use super::threshold::{Threshold, quantile};
+use crate::config::{ModelKind, ModelSpec, ThresholdSpec};
 
 /// What a model bundle records besides its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,8 +20,13 @@ pub struct ModelMeta {
     pub spec: ModelSpec,
     pub features: Vec<String>,
     pub scaler: StandardScaler,
-    pub threshold_quantile: f64,
-    pub threshold: f32,
+    /// The threshold as calibrated on the training scores (SPOT state included).
+    pub threshold: Threshold,
+    /// Median calibration score: `normalized_score` is 0 there and 1 at the threshold.
+    pub center: f32,
+    /// Concrete autoencoder: the input features its selector nodes picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_features: Option<Vec<String>>,
     pub training: TrainingStats,
     /// RFC 3339, UTC.
     pub created_at: String,
@@ -34,7 +41,7 @@ pub struct TrainingStats {
     pub device: String,
 }
 
-/// Per-record scores and per-feature squared errors (row-major, `scores.len() * dim`).
+/// Per-record scores and per-feature explanation terms (row-major, `scores.len() * dim`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreOutput {
     pub scores: Vec<f32>,
@@ -43,9 +50,11 @@ pub struct ScoreOutput {
 
 pub struct Detector {
     vs: nn::VarStore,
-    ae: DenseAutoencoder,
+    net: Network,
     mean: Tensor,
     inv_std: Tensor,
+    /// The TorchScript module file, for saving it with the bundle.
+    script: Option<PathBuf>,
     pub meta: ModelMeta,
 }
 
@@ -69,22 +78,24 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>, ModelError> {
 }
 
 impl Detector {
-    /// An untrained network for `meta` (weights random until trained or loaded).
-    fn build(meta: ModelMeta, device: Device) -> Self {
+    /// A model for `meta` (weights random until trained or loaded). `script` is the
+    /// TorchScript module for that kind.
+    fn build(meta: ModelMeta, device: Device, script: Option<&Path>) -> Result<Self, ModelError> {
         let dim = meta.features.len() as i64;
         let vs = nn::VarStore::new(device);
-        let ae = DenseAutoencoder::new(&vs.root(), dim, &meta.spec.hidden, meta.spec.activation);
+        let net = Network::build(&vs.root(), dim, &meta.spec, script)?;
         let mean = Tensor::from_slice(&meta.scaler.mean).to_device(device);
         let inv_std = Tensor::from_slice(&meta.scaler.std)
             .reciprocal()
             .to_device(device);
-        Detector {
+        Ok(Detector {
             vs,
-            ae,
+            net,
             mean,
             inv_std,
+            script: script.map(Path::to_path_buf),
             meta,
-        }
+        })
     }
 
     pub fn device(&self) -> Device {
@@ -99,8 +110,13 @@ impl Detector {
         self.meta.version
     }
 
+    /// The threshold as calibrated (SPOT thresholds move on in the scorer).
     pub fn threshold(&self) -> f32 {
-        self.meta.threshold
+        self.meta.threshold.current()
+    }
+
+    pub fn script_path(&self) -> Option<&Path> {
+        self.script.as_deref()
     }
 
     fn scaled(&self, rows: &[f32]) -> Tensor {
@@ -112,7 +128,7 @@ impl Detector {
         (x - &self.mean) * &self.inv_std
     }
 
-    /// Trains a new model on row-major `rows` and calibrates its threshold on them.
+    /// Trains a new model on row-major `rows` and calibrates its threshold on their scores.
     pub fn train(
         rows: &[f32],
         features: Vec<String>,
@@ -131,14 +147,14 @@ impl Detector {
                 reason: "need at least 2 complete records",
             });
         }
-        let ThresholdSpec::Quantile(q) = threshold;
         let meta = ModelMeta {
             version,
             spec: spec.clone(),
             features,
             scaler: StandardScaler::fit(rows, dim),
-            threshold_quantile: q,
-            threshold: f32::NAN,
+            threshold: Threshold::Fixed { value: f32::NAN },
+            center: 0.0,
+            selected_features: None,
             training: TrainingStats {
                 records: n,
                 epochs: spec.epochs,
@@ -148,24 +164,57 @@ impl Detector {
             },
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
+        let script =
+            (spec.kind == ModelKind::Torchscript).then(|| PathBuf::from(&spec.torchscript.path));
         // libtorch's generator is process-global: hold the lock while seeding and drawing
         // from it, so a seed gives the same model whatever else trains concurrently.
         let _rng = TRAIN_RNG.lock().unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(spec.seed);
-        let mut det = Detector::build(meta, device);
+        let mut det = Detector::build(meta, device, script.as_deref())?;
         let xs = det.scaled(rows);
-        let mut opt = nn::Adam::default().build(&det.vs, spec.learning_rate)?;
-        let bs = spec.batch_size.min(n) as i64;
+        det.meta.training.final_loss = if det.net.trainable() {
+            det.fit(&xs, spec)?
+        } else {
+            det.net.fit_pca(&xs);
+            det.score_scaled(&xs)?
+                .scores
+                .iter()
+                .map(|&s| s as f64)
+                .sum::<f64>()
+                / n as f64
+        };
+        if let Some(c) = det.net.as_concrete() {
+            let names = &det.meta.features;
+            det.meta.selected_features = Some(
+                c.selected()?
+                    .into_iter()
+                    .map(|i| names.get(i as usize).cloned().unwrap_or_default())
+                    .collect(),
+            );
+        }
+        let scores = det.score_scaled(&xs)?.scores;
+        det.meta.center = quantile(&scores, 0.5);
+        det.meta.threshold = Threshold::calibrate(threshold, &scores)?;
+        det.meta.training.duration_seconds = started.elapsed().as_secs_f64();
+        Ok(det)
+    }
+
+    /// Minibatch Adam over shuffled epochs; returns the last epoch's mean loss.
+    fn fit(&mut self, xs: &Tensor, spec: &ModelSpec) -> Result<f64, ModelError> {
+        let n = xs.size()[0];
+        let device = self.device();
+        let bounds = (xs.amin(0, true), xs.amax(0, true));
+        let mut opt = nn::Adam::default().build(&self.vs, spec.learning_rate)?;
+        let bs = (spec.batch_size as i64).min(n);
         let mut last = f64::NAN;
-        for _ in 0..spec.epochs {
-            let perm = Tensor::randperm(n as i64, (Kind::Int64, device));
-            let mut total = 0.0;
-            let mut steps = 0;
-            let mut start = 0;
-            while start < n as i64 {
-                let len = bs.min(n as i64 - start);
+        for epoch in 0..spec.epochs {
+            self.net.anneal(spec, epoch, spec.epochs);
+            let perm = Tensor::randperm(n, (Kind::Int64, device));
+            let (mut total, mut steps, mut start) = (0.0, 0, 0);
+            while start < n {
+                let len = bs.min(n - start);
                 let xb = xs.index_select(0, &perm.narrow(0, start, len));
-                let loss = det.ae.forward(&xb).mse_loss(&xb, Reduction::Mean);
+                let loss = self.net.loss(&xb, spec, &bounds);
                 opt.backward_step(&loss);
                 total += loss.double_value(&[]);
                 steps += 1;
@@ -173,15 +222,23 @@ impl Detector {
             }
             last = total / steps as f64;
         }
-        let scores = det.score(rows)?.scores;
-        det.meta.threshold = quantile(&scores, q);
-        det.meta.training.final_loss = last;
-        det.meta.training.duration_seconds = started.elapsed().as_secs_f64();
-        Ok(det)
+        Ok(last)
     }
 
-    /// Scores row-major `rows`: the mean squared reconstruction error of the standardised
-    /// features, with each feature's squared error for explanations.
+    fn score_scaled(&self, x: &Tensor) -> Result<ScoreOutput, ModelError> {
+        tch::no_grad(|| {
+            let (terms, explain) = self.net.terms(x)?;
+            let scores = terms.mean_dim(1, false, Kind::Float);
+            Ok(ScoreOutput {
+                scores: to_vec(&scores)?,
+                feature_errors: to_vec(&explain)?,
+            })
+        })
+    }
+
+    /// Scores row-major `rows`: the mean over features of the per-feature score terms
+    /// (squared reconstruction error of the standardised features, or the VAE's negative
+    /// log-likelihood), with the per-feature terms that explain each score.
     pub fn score(&self, rows: &[f32]) -> Result<ScoreOutput, ModelError> {
         if rows.is_empty() {
             return Ok(ScoreOutput {
@@ -189,15 +246,17 @@ impl Detector {
                 feature_errors: Vec::new(),
             });
         }
-        tch::no_grad(|| {
-            let x = self.scaled(rows);
-            let err = (self.ae.forward(&x) - &x).square();
-            let scores = err.mean_dim(1, false, Kind::Float);
-            Ok(ScoreOutput {
-                scores: to_vec(&scores)?,
-                feature_errors: to_vec(&err)?,
-            })
-        })
+        self.score_scaled(&self.scaled(rows))
+    }
+
+    /// `(score - center) / (threshold - center)`: 0 for a typical record, 1 at the threshold.
+    pub fn normalize(&self, score: f32, threshold: f32) -> f32 {
+        let span = threshold - self.meta.center;
+        if span.abs() > f32::EPSILON {
+            (score - self.meta.center) / span
+        } else {
+            0.0
+        }
     }
 
     pub fn var_store(&self) -> &nn::VarStore {
@@ -205,8 +264,12 @@ impl Detector {
     }
 
     /// A model for saved metadata whose weights the caller loads into [`Self::var_store_mut`].
-    pub fn from_meta(meta: ModelMeta, device: Device) -> Self {
-        Detector::build(meta, device)
+    pub fn from_meta(
+        meta: ModelMeta,
+        device: Device,
+        script: Option<&Path>,
+    ) -> Result<Self, ModelError> {
+        Detector::build(meta, device, script)
     }
 
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
@@ -219,17 +282,29 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::{Activation, ModelKind};
 
+    /// The validated model settings for `kind` on 8 features (the embedded defaults with
+    /// small, fast training).
+    pub fn spec_for(kind: ModelKind) -> ModelSpec {
+        let mut raw = crate::config::load_raw(None).expect("defaults");
+        raw.input.features = features();
+        raw.model.kind = kind;
+        raw.model.hidden = vec![16, 3];
+        raw.model.activation = Activation::Tanh;
+        raw.model.epochs = 60;
+        raw.model.batch_size = 64;
+        raw.model.learning_rate = 0.005;
+        raw.model.seed = 7;
+        raw.model.vae.samples = 8;
+        raw.model.torchscript.path = ae8_fixture().display().to_string();
+        crate::config::Settings::validate(raw).expect("valid").model
+    }
+
     pub fn spec() -> ModelSpec {
-        ModelSpec {
-            kind: ModelKind::Dense,
-            hidden: vec![16, 2],
-            activation: Activation::Tanh,
-            warmup_records: 500,
-            epochs: 60,
-            batch_size: 64,
-            learning_rate: 0.005,
-            seed: 7,
-        }
+        spec_for(ModelKind::Dense)
+    }
+
+    pub fn ae8_fixture() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torchscript/ae8.pt")
     }
 
     /// Normal data lies near a 2-D plane inside 8-D space; noise is deterministic.
@@ -250,17 +325,119 @@ pub(crate) mod tests {
         (0..8).map(|j| format!("f{j}")).collect()
     }
 
-    pub fn trained() -> Detector {
+    pub fn train_kind(kind: ModelKind) -> Detector {
         tch::set_num_threads(1);
         Detector::train(
             &normal_rows(500, 0),
             features(),
-            &spec(),
-            ThresholdSpec::Quantile(0.99),
+            &spec_for(kind),
+            ThresholdSpec::Quantile { quantile: 0.99 },
             1,
             Device::Cpu,
         )
         .expect("trains")
+    }
+
+    pub fn trained() -> Detector {
+        train_kind(ModelKind::Dense)
+    }
+
+    /// The generic check every variant passes: anomalies injected into held-out data
+    /// (single features shifted by 3 standard deviations... of the raw data scale) score
+    /// above the threshold far more often than held-out normal points, and a save -> load
+    /// round trip gives identical scores.
+    fn check_variant(kind: ModelKind) {
+        let det = train_kind(kind);
+        let t = det.threshold();
+        assert!(t.is_finite(), "{kind:?}: threshold {t}");
+        let normal = det.score(&normal_rows(300, 10_000)).expect("score").scores;
+        let mut anomalous = normal_rows(300, 20_000);
+        for (i, row) in anomalous.chunks_exact_mut(8).enumerate() {
+            row[i % 8] += 3.0;
+        }
+        let out = det.score(&anomalous).expect("score");
+        let rate = |s: &[f32]| s.iter().filter(|&&x| x > t).count() as f64 / s.len() as f64;
+        let (normal_rate, anomaly_rate) = (rate(&normal), rate(&out.scores));
+        println!("{kind:?}: anomalies flagged {anomaly_rate:.3}, normal flagged {normal_rate:.3}");
+        assert!(
+            anomaly_rate >= 0.8,
+            "{kind:?}: anomalies flagged {anomaly_rate}"
+        );
+        assert!(normal_rate <= 0.1, "{kind:?}: normal flagged {normal_rate}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::model::store::save(dir.path(), &det).expect("save");
+        let loaded = crate::model::store::load(dir.path(), 1, Device::Cpu).expect("load");
+        assert_eq!(loaded.meta, det.meta, "{kind:?}: metadata round trip");
+        assert_eq!(
+            loaded.score(&anomalous).expect("score"),
+            out,
+            "{kind:?}: save -> load gives identical scores"
+        );
+    }
+
+    macro_rules! variant_tests {
+        ($($name:ident => $kind:expr),* $(,)?) => {
+            $(#[test] fn $name() { check_variant($kind); })*
+        };
+    }
+
+    variant_tests! {
+        variant_dense => ModelKind::Dense,
+        variant_sparse_topk => ModelKind::SparseTopk,
+        variant_sparse_l1 => ModelKind::SparseL1,
+        variant_sparse_kl => ModelKind::SparseKl,
+        variant_denoising => ModelKind::Denoising,
+        variant_contractive => ModelKind::Contractive,
+        variant_vae => ModelKind::Vae,
+        variant_concrete => ModelKind::Concrete,
+        variant_pca => ModelKind::Pca,
+        variant_torchscript => ModelKind::Torchscript,
+    }
+
+    #[test]
+    fn concrete_reports_its_selected_features() {
+        let det = train_kind(ModelKind::Concrete);
+        let selected = det
+            .meta
+            .selected_features
+            .clone()
+            .expect("selected features");
+        assert_eq!(selected.len(), det.meta.spec.concrete.k);
+        assert!(
+            selected.iter().all(|f| features().contains(f)),
+            "{selected:?}"
+        );
+    }
+
+    #[test]
+    fn torchscript_fixture_reproduces_pytorch_outputs() {
+        let check: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(ae8_fixture().with_file_name("ae8_check.json"))
+                .expect("check file"),
+        )
+        .expect("json");
+        let rows = |k: &str| -> Vec<f32> {
+            check[k]
+                .as_array()
+                .expect("rows")
+                .iter()
+                .flat_map(|r| {
+                    r.as_array()
+                        .expect("row")
+                        .iter()
+                        .map(|v| v.as_f64().expect("f") as f32)
+                })
+                .collect()
+        };
+        let (input, expected) = (rows("inputs"), rows("outputs"));
+        let m = tch::CModule::load(ae8_fixture()).expect("loads");
+        let x = Tensor::from_slice(&input).view([-1, 8]);
+        let y = m.forward_ts(&[x]).expect("forward");
+        let got = Vec::<f32>::try_from(&y.view(-1)).expect("vec");
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-5, "tch {g} vs PyTorch {e}");
+        }
     }
 
     #[test]
@@ -302,7 +479,7 @@ pub(crate) mod tests {
             &[1.0; 8],
             features(),
             &spec(),
-            ThresholdSpec::Quantile(0.9),
+            ThresholdSpec::Quantile { quantile: 0.9 },
             1,
             Device::Cpu,
         );

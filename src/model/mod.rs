@@ -4,15 +4,15 @@
 //! calibrated threshold and the metadata that describes them. It lives on one thread (the
 //! scorer): tch tensors are `Send` but not `Sync`.
 
-mod autoencoder;
 mod detector;
 pub mod device;
+pub mod network;
 pub mod scaler;
+pub mod spot;
 pub mod store;
 pub mod threshold;
 
-pub use autoencoder::DenseAutoencoder;
-pub use detector::{Detector, ModelMeta, TrainingStats};
+pub use detector::{Detector, ModelMeta, ScoreOutput, TrainingStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -36,4 +36,6 @@ pub enum ModelError {
     },
     #[error("saved model does not fit the configuration: {0}")]
     Mismatch(String),
+    #[error("threshold calibration: {0}")]
+    Threshold(String),
 }

@@ -10,6 +10,8 @@ use super::{Detector, ModelError, ModelMeta};
 
 const WEIGHTS: &str = "weights.safetensors";
 const META: &str = "model.json";
+/// A TorchScript model's module, copied into its bundle.
+const MODULE: &str = "module.pt";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
@@ -46,6 +48,9 @@ pub fn save(store: &Path, det: &Detector) -> Result<PathBuf, ModelError> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     det.var_store().save(tmp.join(WEIGHTS))?;
+    if let Some(src) = det.script_path() {
+        std::fs::copy(src, tmp.join(MODULE)).map_err(io(src))?;
+    }
     let meta = serde_json::to_vec_pretty(&det.meta).map_err(|source| ModelError::Meta {
         path: tmp.join(META),
         source,
@@ -65,7 +70,9 @@ pub fn load(store: &Path, version: u64, device: Device) -> Result<Detector, Mode
         path: meta_path.clone(),
         source,
     })?;
-    let mut det = Detector::from_meta(meta, device);
+    let module = dir.join(MODULE);
+    let script = module.is_file().then_some(module.as_path());
+    let mut det = Detector::from_meta(meta, device, script)?;
     det.var_store_mut().load(dir.join(WEIGHTS))?;
     Ok(det)
 }

@@ -1,4 +1,11 @@
-//! Thresholds calibrated on training scores.
+//! Thresholds calibrated on training scores: a fixed quantile, or SPOT/DSPOT extreme-value
+//! thresholds that keep adapting to the scores they see (see [`super::spot`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+use super::spot::{Dspot, Spot};
+use crate::config::ThresholdSpec;
 
 /// The q-quantile of `scores` with linear interpolation between order statistics
 /// (NumPy's default method). Returns NaN for no scores.
@@ -15,6 +22,58 @@ pub fn quantile(scores: &[f32], q: f64) -> f32 {
     s[lo] + (s[hi] - s[lo]) * frac
 }
 
+/// A threshold and its state; serialised into the model bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Threshold {
+    Fixed { value: f32 },
+    Spot { spot: Box<Spot> },
+    Dspot { dspot: Box<Dspot> },
+}
+
+impl Threshold {
+    /// Fits the threshold on calibration scores.
+    pub fn calibrate(spec: ThresholdSpec, scores: &[f32]) -> Result<Self, ModelError> {
+        let calib: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
+        let spot_err = |e: super::spot::SpotError| ModelError::Threshold(e.to_string());
+        Ok(match spec {
+            ThresholdSpec::Quantile { quantile: q } => Threshold::Fixed {
+                value: quantile(scores, q),
+            },
+            ThresholdSpec::Spot { risk, init_level } => Threshold::Spot {
+                spot: Box::new(Spot::fit(&calib, risk, init_level).map_err(spot_err)?),
+            },
+            ThresholdSpec::Dspot {
+                risk,
+                init_level,
+                depth,
+            } => Threshold::Dspot {
+                dspot: Box::new(Dspot::fit(&calib, depth, risk, init_level).map_err(spot_err)?),
+            },
+        })
+    }
+
+    /// The threshold a record would be compared with now.
+    pub fn current(&self) -> f32 {
+        match self {
+            Threshold::Fixed { value } => *value,
+            Threshold::Spot { spot } => spot.threshold() as f32,
+            Threshold::Dspot { dspot } => dspot.threshold() as f32,
+        }
+    }
+
+    /// Judges one score, in stream order: returns the threshold it was compared with and
+    /// whether it is an anomaly. SPOT thresholds then adapt to the score.
+    pub fn judge(&mut self, score: f32) -> (f32, bool) {
+        let t = self.current();
+        match self {
+            Threshold::Fixed { value } => (*value, score > *value),
+            Threshold::Spot { spot } => (t, spot.step(score as f64).is_anomaly()),
+            Threshold::Dspot { dspot } => (t, dspot.step(score as f64).is_anomaly()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -27,5 +86,38 @@ mod tests {
         assert_eq!(quantile(&v, 1.0), 5.0);
         assert!((quantile(&v, 0.9) - 4.6).abs() < 1e-6);
         assert!(quantile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn fixed_threshold_judges_against_the_quantile() {
+        let scores: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let mut t = Threshold::calibrate(ThresholdSpec::Quantile { quantile: 0.9 }, &scores)
+            .expect("calibrates");
+        assert!((t.current() - 89.1).abs() < 1e-4);
+        assert_eq!(t.judge(95.0), (t.current(), true));
+        assert!(!t.judge(10.0).1);
+    }
+
+    #[test]
+    fn spot_threshold_lies_in_the_tail_and_round_trips() {
+        // Deterministic exponential-ish calibration scores.
+        let scores: Vec<f32> = (1..5000).map(|i| -((i as f32 / 5000.0).ln())).collect();
+        let mut t = Threshold::calibrate(
+            ThresholdSpec::Spot {
+                risk: 1e-3,
+                init_level: 0.95,
+            },
+            &scores,
+        )
+        .expect("calibrates");
+        let z = t.current();
+        assert!(
+            z > quantile(&scores, 0.99),
+            "threshold {z} beyond the 99th percentile"
+        );
+        let json = serde_json::to_string(&t).expect("serialises");
+        let back: Threshold = serde_json::from_str(&json).expect("deserialises");
+        assert_eq!(back, t);
+        assert!(t.judge(z * 3.0).1, "a far outlier is an anomaly");
     }
 }

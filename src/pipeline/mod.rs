@@ -93,7 +93,11 @@ pub struct Contribution {
 pub struct Scored {
     pub metas: Vec<Meta>,
     pub scores: Vec<f32>,
-    pub threshold: f32,
+    /// The threshold each record was compared with (SPOT thresholds move).
+    pub thresholds: Vec<f32>,
+    pub anomalies: Vec<bool>,
+    /// 0 for a typical score, 1 at the threshold.
+    pub normalized: Vec<f32>,
     pub model_version: u64,
     /// For each record flagged as an anomaly (by index), its top contributing features.
     pub explanations: Vec<(usize, Vec<Contribution>)>,
@@ -101,7 +105,7 @@ pub struct Scored {
 
 impl Scored {
     pub fn is_anomaly(&self, i: usize) -> bool {
-        self.scores[i] > self.threshold
+        self.anomalies[i]
     }
 
     /// The top contributing features of record `i`, when it is an anomaly.

@@ -77,8 +77,8 @@ pub fn score_message<'a>(
         offset: meta.offset,
         timestamp: &meta.timestamp,
         score,
-        threshold: scored.threshold,
-        normalized_score: score / scored.threshold,
+        threshold: scored.thresholds[i],
+        normalized_score: scored.normalized[i],
         is_anomaly: scored.is_anomaly(i),
         model_version: scored.model_version,
         top_features: explanation.map(|e| {

@@ -11,6 +11,7 @@ use tch::Device;
 
 use super::{Batch, Contribution, Scored};
 use crate::config::{ModelSpec, ThresholdSpec};
+use crate::model::threshold::Threshold;
 use crate::model::{Detector, ModelError, store};
 use crate::telemetry::Metrics;
 
@@ -28,6 +29,8 @@ pub struct ScorerSettings {
 pub struct Scorer {
     settings: ScorerSettings,
     detector: Option<Detector>,
+    /// The serving model's threshold as it adapts (SPOT) in stream order.
+    threshold: Threshold,
     warmup: Vec<Batch>,
     warmup_len: usize,
     metrics: Arc<Metrics>,
@@ -60,6 +63,7 @@ impl Scorer {
         let mut s = Scorer {
             settings,
             detector: None,
+            threshold: Threshold::Fixed { value: f32::NAN },
             warmup: Vec::new(),
             warmup_len: 0,
             metrics,
@@ -85,6 +89,7 @@ impl Scorer {
             self.metrics.model_created.set(secs);
         }
         self.metrics.model_ready.set(1);
+        self.threshold = det.meta.threshold.clone();
         self.detector = Some(det);
     }
 
@@ -92,12 +97,15 @@ impl Scorer {
     /// arrival order.
     pub fn push(&mut self, batch: Batch) -> Result<Vec<Scored>, ModelError> {
         if let Some(det) = &self.detector {
-            return Ok(vec![score_batch(
+            let scored = score_batch(
                 det,
+                &mut self.threshold,
                 &self.settings,
                 &self.metrics,
                 batch,
-            )?]);
+            )?;
+            self.metrics.threshold.set(self.threshold.current() as f64);
+            return Ok(vec![scored]);
         }
         self.warmup_len += batch.len();
         self.warmup.push(batch);
@@ -150,6 +158,7 @@ impl Scorer {
             .observe(started.elapsed().as_secs_f64());
         tracing::info!(
             version,
+            kind = det.meta.spec.kind.as_str(),
             records = det.meta.training.records,
             loss = det.meta.training.final_loss,
             threshold = det.threshold(),
@@ -161,47 +170,75 @@ impl Scorer {
             tracing::info!(path = %path.display(), "saved model");
         }
         self.warmup_len = 0;
+        let mut threshold = det.meta.threshold.clone();
         let scored = std::mem::take(&mut self.warmup)
             .into_iter()
-            .map(|b| score_batch(&det, &self.settings, &self.metrics, b))
+            .map(|b| score_batch(&det, &mut threshold, &self.settings, &self.metrics, b))
             .collect();
         self.install(det);
+        self.threshold = threshold;
         scored
     }
 }
 
+/// Scores a batch and judges each record against the threshold, in order.
 fn score_batch(
     det: &Detector,
+    threshold: &mut Threshold,
     settings: &ScorerSettings,
     metrics: &Metrics,
     batch: Batch,
 ) -> Result<Scored, ModelError> {
     let started = Instant::now();
     let out = det.score(&batch.features)?;
-    let threshold = det.threshold();
     let dim = det.dim();
+    let n = out.scores.len();
     let mut explanations = Vec::new();
+    let mut thresholds = Vec::with_capacity(n);
+    let mut anomalies = Vec::with_capacity(n);
+    let mut normalized = Vec::with_capacity(n);
+    let mut top_counts = vec![0u64; dim];
     let score_hist = metrics.score.local();
     let norm_hist = metrics.normalized_score.local();
     for (i, &s) in out.scores.iter().enumerate() {
+        let (t, anomaly) = threshold.judge(s);
+        let norm = det.normalize(s, t);
+        thresholds.push(t);
+        anomalies.push(anomaly);
+        normalized.push(norm);
         score_hist.observe(s as f64);
-        norm_hist.observe((s / threshold) as f64);
-        if s > threshold {
-            let errs = &out.feature_errors[i * dim..(i + 1) * dim];
-            explanations.push((i, top_contributions(errs, settings.top_features)));
+        norm_hist.observe(norm as f64);
+        if anomaly {
+            let terms = &out.feature_errors[i * dim..(i + 1) * dim];
+            let why = top_contributions(terms, settings.top_features);
+            if let Some(c) = why.first() {
+                top_counts[c.feature] += 1;
+            }
+            explanations.push((i, why));
         }
     }
     score_hist.flush();
     norm_hist.flush();
-    let m = metrics;
-    m.scoring_duration.observe(started.elapsed().as_secs_f64());
-    m.batch_size.observe(batch.len() as f64);
-    m.records_scored.inc_by(batch.len() as u64);
-    m.anomalies.inc_by(explanations.len() as u64);
+    metrics
+        .scoring_duration
+        .observe(started.elapsed().as_secs_f64());
+    metrics.batch_size.observe(n as f64);
+    metrics.records_scored.inc_by(n as u64);
+    metrics.anomalies.inc_by(explanations.len() as u64);
+    for (f, &c) in top_counts.iter().enumerate() {
+        if c > 0 {
+            metrics
+                .alert_top_feature
+                .with_label_values(&[settings.features[f].as_str()])
+                .inc_by(c);
+        }
+    }
     Ok(Scored {
         metas: batch.metas,
         scores: out.scores,
-        threshold,
+        thresholds,
+        anomalies,
+        normalized,
         model_version: det.version(),
         explanations,
     })
