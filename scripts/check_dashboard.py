@@ -7,13 +7,17 @@
   wait     --metrics URL --scored N --dlq M --timeout S
                                           wait until the daemon has scored N records and delivered
                                           M dead letters
-  wait-scrapes --prometheus URL --count N --timeout S
-                                          wait until Prometheus holds N scrapes of the daemon
+  wait-scrapes --prometheus URL --count N --since T --timeout S
+                                          wait until Prometheus holds N successful scrapes of the
+                                          daemon taken after Unix time T
   check    --prometheus URL --dashboard FILE
                                           evaluate every panel target of the dashboard through
                                           /api/v1/query; each must succeed and return data
+  lint     FILE                           static checks (no Prometheus): schemaVersion >= 36, the
+                                          ${datasource} variable used everywhere (no fixed uid),
+                                          the metrics the panels must show (run by check-deploy.sh)
 
-`wait`, `wait-scrapes` and `check` use only the standard library.
+All but `produce` use only the standard library.
 """
 import argparse
 import csv
@@ -113,7 +117,9 @@ def wait(args):
         scored = last.get("anomalyd_records_scored_total", 0)
         dlq = last.get("anomalyd_decode_errors_total", 0)
         if scored >= args.scored and dlq >= args.dlq and last.get("anomalyd_pending_records", 1) == 0:
-            print(f"daemon scored {int(scored)} records, {int(dlq)} decode errors")
+            print(f"daemon scored {int(scored)} records: {int(last.get('anomalyd_anomalies_total', 0))} "
+                  f"anomalies ({int(last.get('anomalyd_alert_top_feature_total', 0))} by top feature), "
+                  f"{int(dlq)} decode errors")
             return 0
         time.sleep(0.5)
     sys.exit(f"timed out waiting for the daemon: scored "
@@ -136,16 +142,17 @@ def query(base, expr):
 
 
 def wait_scrapes(args):
+    """Waits for `count` successful scrapes of the daemon that started after `since`."""
     deadline = time.time() + args.timeout
     n = 0
     while time.time() < deadline:
-        r = query(args.prometheus, 'count_over_time(up{job="anomalyd"}[5m])')
+        r = query(args.prometheus, 'up{job="anomalyd"}[2m]')
         res = r.get("data", {}).get("result", []) if r.get("status") == "success" else []
-        n = int(float(res[0]["value"][1])) if res else 0
+        n = sum(1 for s in res for ts, v in s["values"] if float(ts) > args.since and v == "1")
         if n >= args.count:
-            print(f"prometheus has {n} scrapes of the daemon")
+            print(f"prometheus scraped the daemon {n} times since it finished")
             return 0
-        time.sleep(1)
+        time.sleep(0.5)
     sys.exit(f"timed out waiting for prometheus: {n} of {args.count} scrapes")
 
 
@@ -220,6 +227,67 @@ def check(args):
     return 1 if failed else 0
 
 
+# Metrics the dashboard must show (issue 5's panels); `lint` requires each in some expression.
+REQUIRED_METRICS = [
+    "anomalyd_records_consumed_total", "anomalyd_records_scored_total", "anomalyd_messages_produced_total",
+    "anomalyd_consumer_lag_records", "anomalyd_anomalies_total", "anomalyd_score_bucket", "anomalyd_threshold",
+    "anomalyd_alert_top_feature_total", "anomalyd_model_version", "anomalyd_training_runs_total",
+    "anomalyd_scoring_duration_seconds_bucket", "anomalyd_decode_errors_total", "anomalyd_producer_errors_total",
+    "anomalyd_batch_size_records_bucket", "anomalyd_batch_linger_seconds_bucket",
+    "process_resident_memory_bytes", "process_cpu_seconds_total",
+]
+DS_VAR = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def lint(args):
+    passed = failed = 0
+
+    def report(ok, what, detail=""):
+        nonlocal passed, failed
+        passed += ok
+        failed += not ok
+        print(f"{'OK  ' if ok else 'FAIL'} dashboard {what}" + (f"  -- {detail}" if detail else ""))
+
+    try:
+        dash = json.loads(Path(args.file).read_text())
+    except ValueError as e:
+        report(False, "is JSON", str(e))
+        return 1
+    report(dash.get("schemaVersion", 0) >= 36, "schemaVersion >= 36", str(dash.get("schemaVersion")))
+    variables = dash.get("templating", {}).get("list", [])
+    ds = [v for v in variables if v.get("name") == "datasource"]
+    report(len(ds) == 1 and ds[0].get("type") == "datasource" and ds[0].get("query") == "prometheus",
+           "has a `datasource` variable of type datasource (prometheus)")
+    bad = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "datasource" and v != DS_VAR and v != {"type": "grafana", "uid": "-- Grafana --"}:
+                    bad.append(f"{path}.{k} = {json.dumps(v)}")
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk(dash, "$")
+    panels = [p for p in walk_panels(dash.get("panels", [])) if p.get("type") != "row"]
+    missing = [p.get("title") for p in panels if p.get("datasource") != DS_VAR]
+    missing += [f"{p.get('title')} {t.get('refId')}" for p in panels for t in p.get("targets", [])
+                if t.get("datasource") != DS_VAR]
+    missing += [v["name"] for v in variables if v.get("type") == "query" and v.get("datasource") != DS_VAR]
+    report(not bad and not missing, "uses ${datasource} in every panel, target and query variable",
+           "; ".join(bad + [f"{m} has no datasource" for m in missing])[:500])
+    ids = [p.get("id") for p in walk_panels(dash.get("panels", []))]
+    report(len(ids) == len(set(ids)) and None not in ids, "panel ids are unique")
+    no_targets = [p.get("title") for p in panels if not p.get("targets")]
+    report(not no_targets, "every panel has targets", ", ".join(map(str, no_targets)))
+    exprs = " ".join(t.get("expr", "") for p in panels for t in p.get("targets", []))
+    absent = [m for m in REQUIRED_METRICS if not re.search(r"\b" + m + r"\b", exprs)]
+    report(not absent, f"shows the {len(REQUIRED_METRICS)} required metrics", ("missing: " + ", ".join(absent)) if absent else "")
+    return 1 if failed else 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -236,13 +304,16 @@ def main():
     a = sub.add_parser("wait-scrapes")
     a.add_argument("--prometheus", required=True)
     a.add_argument("--count", type=int, required=True)
+    a.add_argument("--since", type=float, default=0, help="Unix time; count scrapes after it")
     a.add_argument("--timeout", type=float, default=30)
+    a = sub.add_parser("lint")
+    a.add_argument("file")
     a = sub.add_parser("check")
     a.add_argument("--prometheus", required=True)
     a.add_argument("--dashboard", required=True)
     args = ap.parse_args()
     return {"produce": produce, "free-ports": free_ports, "wait": wait,
-            "wait-scrapes": wait_scrapes, "check": check}[args.cmd](args) or 0
+            "wait-scrapes": wait_scrapes, "check": check, "lint": lint}[args.cmd](args) or 0
 
 
 if __name__ == "__main__":

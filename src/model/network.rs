@@ -136,7 +136,7 @@ impl Autoencoder {
         let mut total = Tensor::zeros([], (Kind::Float, x.device()));
         for j in 0..spec.bottleneck() {
             let g = Tensor::run_backward(&[z.select(1, j).sum(Kind::Float)], &[&x], true, true);
-            total = total + g[0].square().sum(Kind::Float);
+            total += g[0].square().sum(Kind::Float);
         }
         total
     }

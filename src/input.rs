@@ -1,0 +1,181 @@
+//! Records from files for the offline commands (`score`, `train`, `eval`): JSON lines or
+//! CSV with a header, decoded by the same rules as the daemon's Kafka records.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::Path;
+
+use crate::cli::InputFormat;
+use crate::config::{ConfigError, InputShape, Settings};
+use crate::error::AppError;
+use crate::pipeline::Timestamp;
+use crate::pipeline::decode::{DecodeError, Decoded, Decoder};
+
+/// One input record: its 0-based index, what it decodes to, and its label when asked for.
+#[derive(Debug)]
+pub struct Row {
+    pub index: u64,
+    pub decoded: Result<Decoded, DecodeError>,
+    pub label: Option<bool>,
+}
+
+/// Column positions of the configured fields in a CSV header.
+struct CsvColumns {
+    values: Vec<usize>,
+    key: Option<usize>,
+    timestamp: Option<usize>,
+    label: Option<usize>,
+}
+
+fn csv_columns(
+    settings: &Settings,
+    header: &csv::StringRecord,
+    label: Option<&str>,
+) -> Result<CsvColumns, AppError> {
+    let find = |name: &str| header.iter().position(|h| h.trim() == name);
+    let names: Vec<String> = match &settings.input.shape {
+        InputShape::Fields { names } => names.clone(),
+        InputShape::Window { field, .. } => vec![field.clone()],
+        InputShape::Array { .. } => {
+            return Err(ConfigError::invalid(
+                "input.array_field",
+                "array fields need JSON input, not CSV",
+            )
+            .into());
+        }
+    };
+    let values = names
+        .iter()
+        .map(|n| {
+            find(n).ok_or_else(|| {
+                ConfigError::invalid("input.features", format!("the CSV has no column `{n}`"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let label = match label {
+        Some(l) => Some(find(l).ok_or_else(|| {
+            AppError::Io(io::Error::other(format!(
+                "the CSV has no label column `{l}`"
+            )))
+        })?),
+        None => None,
+    };
+    Ok(CsvColumns {
+        values,
+        key: settings.input.key_field.as_deref().and_then(find),
+        timestamp: settings.input.timestamp_field.as_deref().and_then(find),
+        label,
+    })
+}
+
+fn decode_csv(
+    decoder: &Decoder,
+    cols: &CsvColumns,
+    row: &csv::StringRecord,
+) -> Result<Decoded, DecodeError> {
+    let values = cols
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| decoder.parse_text_value(i, row.get(c).unwrap_or("")))
+        .collect::<Result<_, _>>()?;
+    Ok(Decoded {
+        key: cols.key.and_then(|c| row.get(c)).map(Into::into),
+        timestamp: cols
+            .timestamp
+            .and_then(|c| row.get(c))
+            .map_or(Timestamp::None, |t| Timestamp::Text(t.into())),
+        values,
+    })
+}
+
+/// Reads a label: 1/true/yes/anomaly/anomalous/outlier are anomalies; anything else is not.
+pub fn parse_label(text: &str) -> bool {
+    let t = text.trim().to_ascii_lowercase();
+    matches!(
+        t.as_str(),
+        "1" | "1.0" | "true" | "yes" | "anomaly" | "anomalous" | "outlier"
+    )
+}
+
+fn json_label(line: &str, field: &str) -> Option<bool> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some(match v.get(field)? {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| x != 0.0),
+        serde_json::Value::String(s) => parse_label(s),
+        _ => false,
+    })
+}
+
+/// Whether `path` is read as CSV.
+pub fn is_csv(path: &Path, format: InputFormat) -> bool {
+    match format {
+        InputFormat::Csv => true,
+        InputFormat::Jsonl => false,
+        InputFormat::Auto => path.extension().is_some_and(|e| e == "csv"),
+    }
+}
+
+/// Streams the records of `path` (`-` = stdin) to `each`, in order.
+pub fn read(
+    settings: &Settings,
+    path: &Path,
+    format: InputFormat,
+    label_column: Option<&str>,
+    mut each: impl FnMut(Row) -> Result<(), AppError>,
+) -> Result<(), AppError> {
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(BufReader::new(io::stdin().lock()))
+    } else {
+        let file = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Box::new(BufReader::new(file))
+    };
+    let decoder = Decoder::new(&settings.input);
+    if is_csv(path, format) {
+        let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+        let header = rdr.headers().map_err(io::Error::other)?.clone();
+        let cols = csv_columns(settings, &header, label_column)?;
+        for (index, row) in rdr.records().enumerate() {
+            let row = row.map_err(io::Error::other)?;
+            each(Row {
+                index: index as u64,
+                decoded: decode_csv(&decoder, &cols, &row),
+                label: cols.label.and_then(|c| row.get(c)).map(parse_label),
+            })?;
+        }
+    } else {
+        let mut index = 0u64;
+        for line in reader.lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            each(Row {
+                index,
+                decoded: decoder.decode(line.as_bytes()),
+                label: label_column.map(|l| json_label(&line, l).unwrap_or(false)),
+            })?;
+            index += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        for t in ["1", "true", "anomaly", " Outlier "] {
+            assert!(parse_label(t), "{t}");
+        }
+        for t in ["0", "false", "nominal", "normal", ""] {
+            assert!(!parse_label(t), "{t}");
+        }
+        assert_eq!(json_label(r#"{"y": 1}"#, "y"), Some(true));
+        assert_eq!(json_label(r#"{"y": "nominal"}"#, "y"), Some(false));
+    }
+}
