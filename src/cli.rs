@@ -28,6 +28,56 @@ pub enum Command {
     /// Score a file (or stdin) offline with the same decode/model/threshold path; writes one
     /// JSON line per record.
     Score(ScoreArgs),
+    /// Train a model on a file and save it as a versioned bundle (point `model.store_dir`
+    /// at the folder to serve it).
+    Train(TrainArgs),
+    /// Train on part of each input, score it, and report detection quality against labels
+    /// (AUROC, AUPRC, best F1, NAB score); optionally plot each series.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Training records (CSV with a header, or JSON lines).
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Model store folder; the bundle is written as its next version.
+    #[arg(long)]
+    pub model_out: PathBuf,
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub format: InputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Series to evaluate (repeat for a corpus); each gets its own model.
+    #[arg(long, short, required = true)]
+    pub input: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub format: InputFormat,
+    /// Train on this file instead of a prefix of each input (then all of the input is
+    /// evaluated).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Train on this fraction of each input's first records (evaluated: the rest).
+    #[arg(long, default_value_t = 0.15)]
+    pub train_fraction: f64,
+    /// Train on this many first records (overrides --train-fraction).
+    #[arg(long)]
+    pub train_records: Option<usize>,
+    /// NAB label windows (combined_windows.json); inputs are NAB `timestamp,value` CSVs,
+    /// matched by their last two path components (category/file.csv).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Per-record labels from this column or field (1/true/anomaly/outlier = anomaly).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Folder for one PNG plot per input.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Write the results as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

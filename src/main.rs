@@ -44,6 +44,8 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Score(args) => anomalyd::offline::run(&settings, &args),
+        Command::Train(args) => anomalyd::eval::run::train(&settings, &args),
+        Command::Eval(args) => anomalyd::eval::run::eval(&settings, &args),
         Command::Run => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -202,3 +202,65 @@ fn offline_score_reports_undecodable_lines_and_scores_the_rest() {
         stderr(&out)
     );
 }
+
+#[test]
+fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
+         [model]\nepochs = 20\nthreads = 1\n",
+    );
+    let input = common::fixture("nab/art_daily_jumpsup.csv");
+    let labels = common::fixture("nab/labels.json");
+    let report = dir.path().join("report.json");
+    let plots = dir.path().join("plots");
+    let out = anomalyd(
+        &[
+            "eval",
+            "--config",
+            &cfg,
+            "--input",
+            input.to_str().expect("p"),
+            "--labels",
+            labels.to_str().expect("p"),
+            "--plot",
+            plots.to_str().expect("p"),
+            "--report",
+            report.to_str().expect("p"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    let f = &r["files"][0];
+    assert_eq!(f["rows"], 4032);
+    assert_eq!(f["train_rows"], 605, "15% of the series trains the model");
+    let auroc = f["auroc"].as_f64().expect("auroc");
+    assert!(auroc > 0.5, "better than chance on the jump: {auroc}");
+    for profile in ["standard", "reward_low_fp", "reward_low_fn"] {
+        let s = r["nab"][profile].as_f64().expect("nab score");
+        assert!(s > 0.0 && s <= 100.0, "{profile}: {s}");
+    }
+    let png = std::fs::read(plots.join("art_daily_jumpsup.png")).expect("plot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NAB score: standard"));
+
+    let store = dir.path().join("models");
+    let out = anomalyd(
+        &[
+            "train",
+            "--config",
+            &cfg,
+            "--input",
+            input.to_str().expect("p"),
+            "--model-out",
+            store.to_str().expect("p"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(store.join("v000001/model.json").is_file());
+    assert!(store.join("v000001/weights.safetensors").is_file());
+}

@@ -7,3 +7,5 @@
 
 pub mod metrics;
 pub mod nab;
+mod plot;
+pub mod run;
