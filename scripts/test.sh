@@ -23,9 +23,22 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 log "cargo test"
+set +e
 RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --all-targets 2>&1 | tee "$RUN_DIR/test.log"
 status=${PIPESTATUS[0]}
-passed=$(grep -Eo '[0-9]+ passed' "$RUN_DIR/test.log" | awk '{s+=$1} END{print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "$RUN_DIR/test.log" | awk '{s+=$1} END{print s+0}')
-echo "all test binaries: $passed passed, $failed failed"
+
+# The operations checks (issue 5): real promtool, Prometheus, kubectl kustomize +
+# kubernetes-validate, and the container recipe run on this machine.
+for check in check-deploy check-dashboard check-image; do
+    log "scripts/$check.sh"
+    ANOMALYD_BIN="$ROOT/target/debug/anomalyd" "$ROOT/scripts/$check.sh" 2>&1 | tee "$RUN_DIR/$check.log"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || { echo "scripts/$check.sh failed ($rc)"; status=1; }
+done
+set -e
+
+passed=$(cat "$RUN_DIR"/test.log "$RUN_DIR"/check-*.log | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END{print s+0}')
+failed=$(cat "$RUN_DIR"/test.log "$RUN_DIR"/check-*.log | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END{print s+0}')
+echo
+echo "total: $passed passed, $failed failed"
 exit "$status"

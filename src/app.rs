@@ -77,13 +77,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let (fail_tx, fail_rx) = bounded(16);
     let producer: Arc<Producer> = Arc::new(
         Producer::from_config_and_context(
-            &kafka::producer_config(k),
+            &kafka::producer_config(k)?,
             DeliveryContext::new(k, tracker.clone(), metrics.clone(), fail_tx),
         )
         .map_err(PipelineError::from)?,
     );
     let consumer = Consumer_::from_config_and_context(
-        &kafka::consumer_config(k),
+        &kafka::consumer_config(k)?,
         SourceContext {
             tracker: tracker.clone(),
             topic: k.input_topic.clone(),

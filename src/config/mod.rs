@@ -31,6 +31,8 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("configuration key `kafka.properties.{key}`: {reason}")]
+    Property { key: String, reason: String },
 }
 
 impl ConfigError {
@@ -63,6 +65,20 @@ pub fn load_raw(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
 /// Reads and validates the configuration.
 pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
     Settings::validate(load_raw(file)?)
+}
+
+/// A librdkafka property value: `file:/path` is replaced by the file's contents (trailing
+/// newline trimmed), so secrets can come from mounted files; other values pass unchanged.
+pub fn property_value(key: &str, value: &str) -> Result<String, ConfigError> {
+    match value.strip_prefix("file:") {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| ConfigError::Property {
+                key: key.to_string(),
+                reason: format!("cannot read {path}: {e}"),
+            }),
+        None => Ok(value.to_string()),
+    }
 }
 
 /// Substrings of librdkafka property names whose values are secrets.
@@ -108,6 +124,21 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("*****"));
         assert!(text.contains("SASL_SSL"));
+    }
+
+    #[test]
+    fn property_values_can_come_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("password");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let v = property_value("sasl.password", &format!("file:{}", path.display()));
+        assert_eq!(v.expect("read"), "s3cret");
+        assert_eq!(property_value("x", "plain").expect("plain"), "plain");
+        let err = property_value("sasl.password", "file:/nonexistent/pw").expect_err("missing");
+        assert!(
+            err.to_string().contains("kafka.properties.sasl.password"),
+            "{err}"
+        );
     }
 
     #[test]

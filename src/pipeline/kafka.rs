@@ -14,23 +14,23 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::OffsetTracker;
-use crate::config::{KafkaSettings, OffsetReset};
+use crate::config::{ConfigError, KafkaSettings, OffsetReset, property_value};
 use crate::telemetry::Metrics;
 
 pub type Producer = ThreadedProducer<DeliveryContext>;
 pub type Consumer_ = BaseConsumer<SourceContext>;
 
-fn base_config(k: &KafkaSettings) -> ClientConfig {
+fn base_config(k: &KafkaSettings) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
     for (key, value) in &k.properties {
-        c.set(key, value);
+        c.set(key, property_value(key, value)?);
     }
-    c
+    Ok(c)
 }
 
-pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
-    let mut c = base_config(k);
+pub fn consumer_config(k: &KafkaSettings) -> Result<ClientConfig, ConfigError> {
+    let mut c = base_config(k)?;
     c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "true")
         .set(
@@ -58,15 +58,15 @@ pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
             "statistics.interval.ms",
             k.statistics_interval.as_millis().to_string(),
         );
-    c
+    Ok(c)
 }
 
-pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
-    let mut c = base_config(k);
+pub fn producer_config(k: &KafkaSettings) -> Result<ClientConfig, ConfigError> {
+    let mut c = base_config(k)?;
     c.set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000");
-    c
+    Ok(c)
 }
 
 /// Which output topic a delivered message went to.
