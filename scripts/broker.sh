@@ -17,6 +17,10 @@ start)
         log "broker already running on 127.0.0.1:$KAFKA_PORT"
         exit 0
     fi
+    if answering; then
+        echo "another process already serves 127.0.0.1:$KAFKA_PORT; stop it or set KAFKA_PORT" >&2
+        exit 1
+    fi
     mkdir -p "$DIR"
     (
         cd "$DIR"
@@ -28,7 +32,7 @@ start)
         echo $! >"$PIDFILE"
     )
     for _ in $(seq 1 100); do
-        if answering; then
+        if running && answering; then
             log "broker ready on 127.0.0.1:$KAFKA_PORT (log: $DIR/tansu.log)"
             exit 0
         fi
