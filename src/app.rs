@@ -130,6 +130,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         top_features: settings.top_features,
         device: tch::Device::Cpu,
         store_dir: settings.runtime.store_dir.clone(),
+        keep: settings.runtime.keep,
     };
     let scorer_metrics = metrics.clone();
     let runtime = settings.runtime.clone();

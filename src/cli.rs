@@ -34,6 +34,27 @@ pub enum Command {
     /// Train on part of each input, score it, and report detection quality against labels
     /// (AUROC, AUPRC, best F1, NAB score); optionally plot each series.
     Eval(EvalArgs),
+    /// List, inspect and revert the versioned models in the store.
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModelsArgs {
+    /// The model store; default: model.store_dir from the configuration.
+    #[arg(long, global = true)]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: ModelsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// One line per version; `*` marks the current (serving) one.
+    List,
+    /// A version's metadata as JSON.
+    Show { version: u64 },
+    /// Make VERSION current; running daemons switch to it within about a second.
+    Revert { version: u64 },
 }
 
 #[derive(Debug, clap::Args)]

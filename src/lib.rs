@@ -8,6 +8,7 @@ pub mod eval;
 pub mod http;
 pub mod input;
 pub mod model;
+pub mod models;
 pub mod offline;
 pub mod pipeline;
 pub mod shutdown;

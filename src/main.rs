@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         Command::Score(args) => anomalyd::offline::run(&settings, &args),
         Command::Train(args) => anomalyd::eval::run::train(&settings, &args),
         Command::Eval(args) => anomalyd::eval::run::eval(&settings, &args),
+        Command::Models(args) => anomalyd::models::run(&settings, &args),
         Command::Run => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

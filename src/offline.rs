@@ -61,6 +61,7 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
             top_features: settings.top_features,
             device,
             store_dir: settings.runtime.store_dir.clone(),
+            keep: settings.runtime.keep,
         },
         metrics,
     )

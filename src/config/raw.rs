@@ -96,6 +96,7 @@ pub struct RawModel {
     pub device: DeviceChoice,
     pub threads: usize,
     pub store_dir: String,
+    pub keep: usize,
     pub sparse: SparseParams,
     pub denoising: DenoisingParams,
     pub contractive: ContractiveParams,

@@ -135,6 +135,8 @@ pub struct ModelRuntime {
     pub device: DeviceChoice,
     pub threads: usize,
     pub store_dir: Option<PathBuf>,
+    /// Versions kept in the store (the current one always is).
+    pub keep: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -415,6 +417,7 @@ impl Settings {
             device: m.device,
             threads: m.threads,
             store_dir: optional(&m.store_dir).map(PathBuf::from),
+            keep: positive("model.keep", m.keep)?,
         };
 
         let t = raw.threshold;

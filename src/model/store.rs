@@ -1,6 +1,8 @@
 //! Versioned model bundles on disk: `<store_dir>/v000001/{weights.safetensors,model.json}`.
 //! A bundle is written to a temporary folder and renamed into place, so a crash never
-//! leaves a half-written version behind.
+//! leaves a half-written version behind. `CURRENT` names the version to serve (the newest
+//! saved one, or the one `anomalyd models revert` chose); only the newest `keep` versions
+//! and the current one are kept.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +14,8 @@ const WEIGHTS: &str = "weights.safetensors";
 const META: &str = "model.json";
 /// A TorchScript model's module, copied into its bundle.
 const MODULE: &str = "module.pt";
+/// The serving version's number.
+const CURRENT: &str = "CURRENT";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
@@ -40,7 +44,7 @@ pub fn versions(store: &Path) -> Result<Vec<u64>, ModelError> {
     Ok(out)
 }
 
-/// Writes the detector as its version's bundle.
+/// Writes the detector as its version's bundle and makes it the current version.
 pub fn save(store: &Path, det: &Detector) -> Result<PathBuf, ModelError> {
     std::fs::create_dir_all(store).map_err(io(store))?;
     let dest = version_dir(store, det.version());
@@ -58,18 +62,62 @@ pub fn save(store: &Path, det: &Detector) -> Result<PathBuf, ModelError> {
     std::fs::write(tmp.join(META), meta).map_err(io(&tmp))?;
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    set_current(store, det.version())?;
     Ok(dest)
+}
+
+/// Makes `version` the one to serve (a running daemon switches to it between batches).
+pub fn set_current(store: &Path, version: u64) -> Result<(), ModelError> {
+    if !version_dir(store, version).join(META).is_file() {
+        return Err(ModelError::Mismatch(format!(
+            "no model version {version} in {}",
+            store.display()
+        )));
+    }
+    let tmp = store.join(format!(".{CURRENT}.{}", std::process::id()));
+    std::fs::write(&tmp, format!("{version}\n")).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, store.join(CURRENT)).map_err(io(store))
+}
+
+/// The version to serve: the one `CURRENT` names when it exists, else the newest.
+pub fn current(store: &Path) -> Result<Option<u64>, ModelError> {
+    let all = versions(store)?;
+    let named = std::fs::read_to_string(store.join(CURRENT))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .filter(|v| all.contains(v));
+    Ok(named.or_else(|| all.last().copied()))
+}
+
+/// Deletes all but the newest `keep` versions, never the current one.
+pub fn prune(store: &Path, keep: usize) -> Result<Vec<u64>, ModelError> {
+    let all = versions(store)?;
+    let serving = current(store)?;
+    let cut = all.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for &v in &all[..cut] {
+        if Some(v) != serving {
+            std::fs::remove_dir_all(version_dir(store, v)).map_err(io(store))?;
+            removed.push(v);
+        }
+    }
+    Ok(removed)
+}
+
+/// One version's metadata, without loading its weights.
+pub fn read_meta(store: &Path, version: u64) -> Result<ModelMeta, ModelError> {
+    let meta_path = version_dir(store, version).join(META);
+    let text = std::fs::read(&meta_path).map_err(io(&meta_path))?;
+    serde_json::from_slice(&text).map_err(|source| ModelError::Meta {
+        path: meta_path.clone(),
+        source,
+    })
 }
 
 /// Loads one version's bundle onto `device`.
 pub fn load(store: &Path, version: u64, device: Device) -> Result<Detector, ModelError> {
     let dir = version_dir(store, version);
-    let meta_path = dir.join(META);
-    let text = std::fs::read(&meta_path).map_err(io(&meta_path))?;
-    let meta: ModelMeta = serde_json::from_slice(&text).map_err(|source| ModelError::Meta {
-        path: meta_path.clone(),
-        source,
-    })?;
+    let meta = read_meta(store, version)?;
     let module = dir.join(MODULE);
     let script = module.is_file().then_some(module.as_path());
     let mut det = Detector::from_meta(meta, device, script)?;
@@ -77,10 +125,10 @@ pub fn load(store: &Path, version: u64, device: Device) -> Result<Detector, Mode
     Ok(det)
 }
 
-/// The newest version in the store, if any.
-pub fn load_latest(store: &Path, device: Device) -> Result<Option<Detector>, ModelError> {
-    match versions(store)?.last() {
-        Some(&v) => load(store, v, device).map(Some),
+/// The current version (see [`current`]), if the store has any.
+pub fn load_current(store: &Path, device: Device) -> Result<Option<Detector>, ModelError> {
+    match current(store)? {
+        Some(v) => load(store, v, device).map(Some),
         None => Ok(None),
     }
 }
@@ -98,7 +146,7 @@ mod tests {
         let before = det.score(&rows).expect("score");
         save(dir.path(), &det).expect("save");
         assert_eq!(versions(dir.path()).expect("versions"), vec![1]);
-        let loaded = load_latest(dir.path(), Device::Cpu)
+        let loaded = load_current(dir.path(), Device::Cpu)
             .expect("load")
             .expect("a model");
         assert_eq!(loaded.meta, det.meta);
@@ -107,10 +155,45 @@ mod tests {
     }
 
     #[test]
+    fn revert_restores_the_previous_versions_scores_and_prune_keeps_current() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rows = normal_rows(100, 555);
+        let v1 = trained();
+        let v1_scores = v1.score(&rows).expect("score");
+        save(dir.path(), &v1).expect("save v1");
+        let mut v2 = trained();
+        v2.meta.version = 2;
+        v2.meta.threshold = crate::model::threshold::Threshold::Fixed { value: 1.0 };
+        save(dir.path(), &v2).expect("save v2");
+        assert_eq!(
+            current(dir.path()).expect("current"),
+            Some(2),
+            "a save promotes"
+        );
+        set_current(dir.path(), 1).expect("revert");
+        let back = load_current(dir.path(), Device::Cpu)
+            .expect("load")
+            .expect("model");
+        assert_eq!(back.version(), 1);
+        assert_eq!(back.meta, v1.meta);
+        assert_eq!(
+            back.score(&rows).expect("score"),
+            v1_scores,
+            "revert gives v1's scores exactly"
+        );
+        assert!(set_current(dir.path(), 9).is_err(), "no such version");
+        // keep = 1: v2 is the newest, v1 is current; neither goes.
+        assert_eq!(prune(dir.path(), 1).expect("prune"), Vec::<u64>::new());
+        set_current(dir.path(), 2).expect("forward");
+        assert_eq!(prune(dir.path(), 1).expect("prune"), vec![1]);
+        assert_eq!(versions(dir.path()).expect("versions"), vec![2]);
+    }
+
+    #[test]
     fn empty_store_has_no_model() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(
-            load_latest(&dir.path().join("absent"), Device::Cpu)
+            load_current(&dir.path().join("absent"), Device::Cpu)
                 .expect("ok")
                 .is_none()
         );

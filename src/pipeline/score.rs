@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tch::Device;
 
 use super::{Batch, Contribution, Scored};
@@ -24,6 +24,7 @@ pub struct ScorerSettings {
     pub top_features: usize,
     pub device: Device,
     pub store_dir: Option<PathBuf>,
+    pub keep: usize,
 }
 
 pub struct Scorer {
@@ -40,7 +41,7 @@ impl Scorer {
     /// Starts from the newest saved model when the store has one that fits the input.
     pub fn new(settings: ScorerSettings, metrics: Arc<Metrics>) -> Result<Self, ModelError> {
         let detector = match &settings.store_dir {
-            Some(dir) => store::load_latest(dir, settings.device)?,
+            Some(dir) => store::load_current(dir, settings.device)?,
             None => None,
         };
         if let Some(det) = &detector {
@@ -76,6 +77,35 @@ impl Scorer {
 
     pub fn detector(&self) -> Option<&Detector> {
         self.detector.as_ref()
+    }
+
+    /// Switches to the store's current version when it is not the one serving (a revert).
+    /// Called between batches, so no batch is lost or scored twice by a switch.
+    pub fn follow_store(&mut self) -> Result<(), ModelError> {
+        let (Some(dir), Some(det)) = (&self.settings.store_dir, &self.detector) else {
+            return Ok(());
+        };
+        let serving = det.version();
+        match store::current(dir)? {
+            Some(v) if v != serving => {
+                let next = store::load(dir, v, self.settings.device)?;
+                if next.meta.features != self.settings.features {
+                    tracing::warn!(
+                        version = v,
+                        "current model's features differ; not switching"
+                    );
+                    return Ok(());
+                }
+                tracing::info!(
+                    from = serving,
+                    to = v,
+                    "switching to the store's current model"
+                );
+                self.install(next);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn install(&mut self, det: Detector) {
@@ -167,7 +197,8 @@ impl Scorer {
         );
         if let Some(dir) = &self.settings.store_dir {
             let path = store::save(dir, &det)?;
-            tracing::info!(path = %path.display(), "saved model");
+            let pruned = store::prune(dir, self.settings.keep)?;
+            tracing::info!(path = %path.display(), ?pruned, "saved model");
         }
         self.warmup_len = 0;
         let mut threshold = det.meta.threshold.clone();
@@ -260,20 +291,36 @@ pub fn top_contributions(errors: &[f32], k: usize) -> Vec<Contribution> {
     all
 }
 
+/// How often the scorer looks for a new current version in the store.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
 /// The scorer thread: batches in, scored batches out, until the input closes.
 pub fn run(
     mut scorer: Scorer,
     batches: Receiver<Batch>,
     scored: Sender<Scored>,
 ) -> Result<(), ModelError> {
-    for batch in batches {
-        for out in scorer.push(batch)? {
+    let mut last_follow = Instant::now();
+    loop {
+        let batch = match batches.recv_timeout(FOLLOW_EVERY) {
+            Ok(b) => Some(b),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        if last_follow.elapsed() >= FOLLOW_EVERY {
+            scorer.follow_store()?;
+            last_follow = Instant::now();
+        }
+        for out in batch
+            .map(|b| scorer.push(b))
+            .transpose()?
+            .unwrap_or_default()
+        {
             if scored.send(out).is_err() {
                 return Ok(()); // the sink stopped; its own error is reported
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
