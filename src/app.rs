@@ -131,6 +131,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         device: tch::Device::Cpu,
         store_dir: settings.runtime.store_dir.clone(),
         keep: settings.runtime.keep,
+        retrain: Some(settings.retrain),
     };
     let scorer_metrics = metrics.clone();
     let runtime = settings.runtime.clone();

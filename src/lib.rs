@@ -13,3 +13,4 @@ pub mod offline;
 pub mod pipeline;
 pub mod shutdown;
 pub mod telemetry;
+pub mod train;

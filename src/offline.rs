@@ -62,6 +62,7 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
             device,
             store_dir: settings.runtime.store_dir.clone(),
             keep: settings.runtime.keep,
+            retrain: None,
         },
         metrics,
     )

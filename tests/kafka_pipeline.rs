@@ -410,3 +410,83 @@ fn running_daemon_follows_a_revert_and_scores_exactly_as_the_reverted_version() 
         );
     }
 }
+
+#[test]
+fn retrains_while_scoring_promotes_and_a_restart_serves_the_promoted_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("models");
+    let t = Topics::fresh("retrain", 1);
+    let config = format!(
+        "{}{}activation = \"tanh\"\nstore_dir = \"{}\"\n\
+         [retrain]\nevery_records = 2000\nmin_records = 1000\nwindow = 3000\n\
+         tolerance = 0.05\nmax_threshold_ratio = 3.0\n",
+        t.kafka_toml(),
+        FIELDS_CONFIG.replace("epochs = 20", "epochs = 40"),
+        store.display()
+    );
+    let n = 8_000usize;
+    let messages: Vec<_> = (0..n).map(|i| (0, None, synthetic(i))).collect();
+    produce(&t.input, &messages);
+    let mut daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_metric(
+        "anomalyd_records_scored_total",
+        Duration::from_secs(120),
+        |v| v >= n as f64,
+    );
+    // Warm-up plus at least one retraining run that finished, promoted or not.
+    daemon.wait_metric(
+        "anomalyd_training_runs_total",
+        Duration::from_secs(120),
+        |v| v >= 2.0,
+    );
+    let version = daemon.wait_metric("anomalyd_model_version", Duration::from_secs(60), |v| {
+        v >= 2.0
+    });
+    let text = daemon.scrape().expect("metrics");
+    println!(
+        "model version {version}; {}",
+        text.lines()
+            .filter(|l| l.starts_with("anomalyd_training_runs_total")
+                || l.starts_with("anomalyd_promotion_rejections_total"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert!(
+        common::metric_value(&text, "anomalyd_training_window_records").is_some_and(|w| w > 0.0)
+    );
+    let (status, logs) = daemon.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+    assert!(
+        logs.contains("retraining finished"),
+        "a retraining run happened"
+    );
+    for l in logs.lines().filter(|l| l.contains("retraining finished")) {
+        println!("{l}");
+    }
+
+    let scores = read_all(&t.scores, 1);
+    let offsets: BTreeSet<i64> = scores
+        .iter()
+        .map(|m| m.json()["offset"].as_i64().expect("o"))
+        .collect();
+    assert_eq!(offsets.len(), n, "every record scored while retraining");
+    assert_eq!(scores.len(), n, "no record scored twice by a swap");
+
+    // Restart: the promoted (current) version serves again.
+    let restarted = Daemon::start(dir.path(), &config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while restarted.metric("anomalyd_model_version").unwrap_or(0.0) == 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no model after restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        restarted.metric("anomalyd_model_version"),
+        Some(version),
+        "same version after restart"
+    );
+    let (status, logs) = restarted.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+}

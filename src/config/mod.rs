@@ -15,8 +15,8 @@ pub use raw::{
     TorchScriptParams, VaeParams,
 };
 pub use validate::{
-    BatchPolicy, InputShape, InputSpec, KafkaSettings, ModelRuntime, ModelSpec, Settings,
-    ThresholdSpec,
+    BatchPolicy, InputShape, InputSpec, KafkaSettings, ModelRuntime, ModelSpec, RetrainPolicy,
+    Settings, ThresholdSpec,
 };
 
 /// The defaults, embedded so the binary runs without any file.

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub pipeline: RawPipeline,
     pub model: RawModel,
     pub threshold: RawThreshold,
+    pub retrain: RawRetrain,
     pub alerts: RawAlerts,
     pub http: RawHttp,
     pub log: RawLog,
@@ -277,4 +278,20 @@ pub struct RawLog {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetrain {
+    #[serde(with = "humantime_serde")]
+    pub interval: std::time::Duration,
+    pub every_records: u64,
+    pub window: usize,
+    pub margin: usize,
+    pub min_records: usize,
+    pub holdout: f64,
+    pub tolerance: f64,
+    pub max_threshold_ratio: f64,
+    pub alert_budget: f64,
+    pub drift_records: u64,
 }

@@ -20,6 +20,7 @@ pub struct Settings {
     pub model: ModelSpec,
     pub runtime: ModelRuntime,
     pub threshold: ThresholdSpec,
+    pub retrain: RetrainPolicy,
     pub top_features: usize,
     pub http_listen: SocketAddr,
     pub log_format: LogFormat,
@@ -93,6 +94,20 @@ impl InputSpec {
             InputShape::Window { size, .. } => *size,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetrainPolicy {
+    pub interval: Option<Duration>,
+    pub every_records: Option<u64>,
+    pub window: usize,
+    pub margin: usize,
+    pub min_records: usize,
+    pub holdout: f64,
+    pub tolerance: f64,
+    pub max_threshold_ratio: f64,
+    pub alert_budget: f64,
+    pub drift_records: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -436,6 +451,32 @@ impl Settings {
             },
         };
 
+        let r = raw.retrain;
+        if r.max_threshold_ratio < 1.0 {
+            return Err(ConfigError::invalid(
+                "retrain.max_threshold_ratio",
+                "must be >= 1",
+            ));
+        }
+        let retrain = RetrainPolicy {
+            interval: (!r.interval.is_zero()).then_some(r.interval),
+            every_records: (r.every_records > 0).then_some(r.every_records),
+            window: positive("retrain.window", r.window)?,
+            margin: r.margin,
+            min_records: positive("retrain.min_records", r.min_records)?,
+            holdout: in_unit("retrain.holdout", r.holdout)?,
+            tolerance: non_negative("retrain.tolerance", r.tolerance)?,
+            max_threshold_ratio: r.max_threshold_ratio,
+            alert_budget: in_unit("retrain.alert_budget", r.alert_budget)?,
+            drift_records: r.drift_records,
+        };
+        if retrain.min_records > retrain.window {
+            return Err(ConfigError::invalid(
+                "retrain.min_records",
+                "must be <= retrain.window",
+            ));
+        }
+
         let http_listen = raw.http.listen.parse().map_err(|e| {
             ConfigError::invalid(
                 "http.listen",
@@ -450,6 +491,7 @@ impl Settings {
             model,
             runtime,
             threshold,
+            retrain,
             top_features: raw.alerts.top_features,
             http_listen,
             log_format: raw.log.format,

@@ -93,6 +93,8 @@ pub fn train(settings: &Settings, args: &TrainArgs) -> Result<(), AppError> {
         device,
     )
     .map_err(model_err)?;
+    let mut det = det;
+    det.meta.lineage.promotion = "train".into();
     let path = store::save(&args.model_out, &det).map_err(model_err)?;
     eprintln!(
         "trained {} v{} on {} records ({} undecodable) in {:.1}s: loss {:.5}, threshold {:.5}; saved {}",

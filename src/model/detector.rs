@@ -30,6 +30,18 @@ pub struct ModelMeta {
     pub training: TrainingStats,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// The lifecycle: the model this one replaced, and why it was promoted.
+    #[serde(default)]
+    pub lineage: Lineage,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub parent: Option<u64>,
+    /// `warmup`, `train` (CLI), or the promotion gate's verdict for a retrained model.
+    pub promotion: String,
+    /// The training window: first and last input offsets (retraining only).
+    pub window: Option<(i64, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +175,7 @@ impl Detector {
                 device: format!("{device:?}"),
             },
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            lineage: Lineage::default(),
         };
         let script =
             (spec.kind == ModelKind::Torchscript).then(|| PathBuf::from(&spec.torchscript.path));

@@ -4,7 +4,7 @@
 //! calibrated threshold and the metadata that describes them. It lives on one thread (the
 //! scorer): tch tensors are `Send` but not `Sync`.
 
-mod detector;
+pub(crate) mod detector;
 pub mod device;
 pub mod network;
 pub mod scaler;
@@ -12,7 +12,7 @@ pub mod spot;
 pub mod store;
 pub mod threshold;
 
-pub use detector::{Detector, ModelMeta, ScoreOutput, TrainingStats};
+pub use detector::{Detector, Lineage, ModelMeta, ScoreOutput, TrainingStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

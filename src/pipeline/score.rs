@@ -6,14 +6,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tch::Device;
 
 use super::{Batch, Contribution, Scored};
-use crate::config::{ModelSpec, ThresholdSpec};
+use crate::config::{ModelSpec, RetrainPolicy, ThresholdSpec};
 use crate::model::threshold::Threshold;
 use crate::model::{Detector, ModelError, store};
 use crate::telemetry::Metrics;
+use crate::train::gate::HoldoutStats;
+use crate::train::trainer::{self, Job, Outcome, TrainerSettings};
+use crate::train::window::NormalWindow;
 
 /// What the scorer needs to train and explain.
 #[derive(Debug, Clone)]
@@ -25,10 +30,148 @@ pub struct ScorerSettings {
     pub device: Device,
     pub store_dir: Option<PathBuf>,
     pub keep: usize,
+    /// Continuous retraining (the daemon); `None` offline.
+    pub retrain: Option<RetrainPolicy>,
+}
+
+/// Retraining state kept by the scorer: the normal window, the triggers, and the channels
+/// to the trainer thread.
+struct Retrainer {
+    policy: RetrainPolicy,
+    window: NormalWindow,
+    jobs: Sender<Job>,
+    outcomes: Receiver<Outcome>,
+    in_flight: bool,
+    last_run: Instant,
+    since_run: u64,
+    recent: VecDeque<bool>,
+    recent_alerts: usize,
+}
+
+impl Retrainer {
+    fn spawn(s: &ScorerSettings, policy: RetrainPolicy) -> Result<Self, ModelError> {
+        let (jobs, job_rx) = crossbeam_channel::bounded(1);
+        let (out_tx, outcomes) = crossbeam_channel::bounded(1);
+        let trainer = TrainerSettings {
+            features: s.features.clone(),
+            model: s.model.clone(),
+            threshold: s.threshold,
+            policy,
+            device: s.device,
+            store_dir: s.store_dir.clone(),
+            keep: s.keep,
+        };
+        std::thread::Builder::new()
+            .name("anomalyd-train".into())
+            .spawn(move || trainer::run(trainer, job_rx, out_tx))
+            .map_err(|source| ModelError::Io {
+                path: PathBuf::from("<trainer thread>"),
+                source,
+            })?;
+        Ok(Retrainer {
+            policy,
+            window: NormalWindow::new(s.features.len(), policy.window, policy.margin),
+            jobs,
+            outcomes,
+            in_flight: false,
+            last_run: Instant::now(),
+            since_run: 0,
+            recent: VecDeque::new(),
+            recent_alerts: 0,
+        })
+    }
+
+    fn observe(&mut self, features: &[f32], scored: &Scored, metrics: &Metrics) {
+        let dim = features.len() / scored.metas.len().max(1);
+        for (i, meta) in scored.metas.iter().enumerate() {
+            let anomaly = scored.anomalies[i];
+            self.window
+                .observe(&features[i * dim..(i + 1) * dim], meta.offset, anomaly);
+            self.recent.push_back(anomaly);
+            self.recent_alerts += usize::from(anomaly);
+            if self.recent.len() as u64 > self.policy.drift_records.max(1) {
+                self.recent_alerts -= usize::from(self.recent.pop_front().unwrap_or(false));
+            }
+        }
+        self.since_run += scored.metas.len() as u64;
+        metrics.training_window.set(self.window.len() as i64);
+        metrics.recent_alert_rate.set(self.alert_rate());
+    }
+
+    fn alert_rate(&self) -> f64 {
+        self.recent_alerts as f64 / self.recent.len().max(1) as f64
+    }
+
+    /// Which trigger fires now, if any.
+    fn due(&self) -> Option<&'static str> {
+        if self.in_flight || self.window.len() < self.policy.min_records {
+            return None;
+        }
+        let p = &self.policy;
+        if p.every_records.is_some_and(|n| self.since_run >= n) {
+            return Some("records");
+        }
+        if p.interval.is_some_and(|d| self.last_run.elapsed() >= d) {
+            return Some("interval");
+        }
+        let full = self.recent.len() as u64 >= p.drift_records.max(1);
+        if full && self.since_run >= p.drift_records && self.alert_rate() > p.alert_budget {
+            return Some("drift");
+        }
+        None
+    }
+
+    fn start(
+        &mut self,
+        serving: &Detector,
+        s: &ScorerSettings,
+        trigger: &str,
+    ) -> Result<(), ModelError> {
+        let (rows, span) = self.window.snapshot();
+        let dim = serving.dim();
+        let n = rows.len() / dim;
+        let held =
+            ((n as f64 * self.policy.holdout).ceil() as usize).clamp(1, n.saturating_sub(2).max(1));
+        let (train, holdout) = rows.split_at((n - held) * dim);
+        let serving_stats = HoldoutStats::of(&serving.score(holdout)?.scores, serving.threshold());
+        let version = match &s.store_dir {
+            Some(dir) => {
+                store::versions(dir)?
+                    .last()
+                    .copied()
+                    .unwrap_or(0)
+                    .max(serving.version())
+                    + 1
+            }
+            None => serving.version() + 1,
+        };
+        tracing::info!(
+            trigger,
+            version,
+            records = n - held,
+            holdout = held,
+            "retraining"
+        );
+        let job = Job {
+            train: train.to_vec(),
+            holdout: holdout.to_vec(),
+            serving: serving_stats,
+            parent: serving.version(),
+            version,
+            window: span,
+        };
+        if self.jobs.send(job).is_ok() {
+            self.in_flight = true;
+            self.last_run = Instant::now();
+            self.since_run = 0;
+        }
+        Ok(())
+    }
 }
 
 pub struct Scorer {
     settings: ScorerSettings,
+    retrainer: Option<Retrainer>,
     detector: Option<Detector>,
     /// The serving model's threshold as it adapts (SPOT) in stream order.
     threshold: Threshold,
@@ -61,7 +204,12 @@ impl Scorer {
             }
             tracing::info!(version = det.version(), "loaded saved model");
         }
+        let retrainer = match settings.retrain {
+            Some(policy) => Some(Retrainer::spawn(&settings, policy)?),
+            None => None,
+        };
         let mut s = Scorer {
+            retrainer,
             settings,
             detector: None,
             threshold: Threshold::Fixed { value: f32::NAN },
@@ -77,6 +225,55 @@ impl Scorer {
 
     pub fn detector(&self) -> Option<&Detector> {
         self.detector.as_ref()
+    }
+
+    /// Installs a promoted candidate, or counts a rejection, when the trainer has finished.
+    /// Called between batches.
+    pub fn poll_trainer(&mut self) {
+        let Some(outcome) = self
+            .retrainer
+            .as_ref()
+            .and_then(|r| r.outcomes.try_recv().ok())
+        else {
+            return;
+        };
+        if let Some(r) = self.retrainer.as_mut() {
+            r.in_flight = false;
+        }
+        let m = &self.metrics;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.last_training.set(now);
+        match outcome {
+            Outcome::Promoted { detector, seconds } => {
+                m.training_duration.observe(seconds);
+                m.training_runs.with_label_values(&["promoted"]).inc();
+                tracing::info!(version = detector.version(), "promoted the retrained model");
+                self.install(*detector);
+            }
+            Outcome::Rejected {
+                reason,
+                version,
+                seconds,
+            } => {
+                m.training_duration.observe(seconds);
+                let result = if reason == "training_failed" {
+                    "failed"
+                } else {
+                    "rejected"
+                };
+                m.training_runs.with_label_values(&[result]).inc();
+                m.promotion_rejections.with_label_values(&[reason]).inc();
+                tracing::warn!(version, reason, "retrained candidate rejected");
+            }
+        }
+    }
+
+    /// Between-batch housekeeping when the input is idle: trainer outcomes, reverts.
+    pub fn tick(&mut self) -> Result<(), ModelError> {
+        self.poll_trainer();
+        self.follow_store()
     }
 
     /// Switches to the store's current version when it is not the one serving (a revert).
@@ -126,7 +323,10 @@ impl Scorer {
     /// Scores a batch, or holds it back during warm-up. Returns the batches now scored, in
     /// arrival order.
     pub fn push(&mut self, batch: Batch) -> Result<Vec<Scored>, ModelError> {
+        self.poll_trainer();
         if let Some(det) = &self.detector {
+            let features = self.retrainer.as_ref().map(|_| batch.features.clone());
+            let started = Instant::now();
             let scored = score_batch(
                 det,
                 &mut self.threshold,
@@ -135,6 +335,17 @@ impl Scorer {
                 batch,
             )?;
             self.metrics.threshold.set(self.threshold.current() as f64);
+            if let (Some(r), Some(f)) = (self.retrainer.as_mut(), features) {
+                if r.in_flight {
+                    self.metrics
+                        .scoring_duration_training
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                r.observe(&f, &scored, &self.metrics);
+                if let Some(trigger) = r.due() {
+                    r.start(det, &self.settings, trigger)?;
+                }
+            }
             return Ok(vec![scored]);
         }
         self.warmup_len += batch.len();
@@ -155,10 +366,14 @@ impl Scorer {
     }
 
     fn train_on_warmup(&mut self) -> Result<Vec<Scored>, ModelError> {
+        // Exactly the first `warmup_records` records train (fewer at the end of an offline
+        // input); all of the held-back batches are then scored.
+        let dim = self.settings.features.len();
         let rows: Vec<f32> = self
             .warmup
             .iter()
             .flat_map(|b| b.features.iter().copied())
+            .take(self.settings.model.warmup_records * dim)
             .collect();
         let version = match &self.settings.store_dir {
             Some(dir) => store::versions(dir)?.last().map_or(1, |v| v + 1),
@@ -308,7 +523,7 @@ pub fn run(
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
         if last_follow.elapsed() >= FOLLOW_EVERY {
-            scorer.follow_store()?;
+            scorer.tick()?;
             last_follow = Instant::now();
         }
         for out in batch

@@ -37,6 +37,11 @@ pub struct Metrics {
     pub model_created: Gauge,
     pub training_runs: IntCounterVec,
     pub alert_top_feature: IntCounterVec,
+    pub promotion_rejections: IntCounterVec,
+    pub scoring_duration_training: Histogram,
+    pub training_window: IntGauge,
+    pub recent_alert_rate: Gauge,
+    pub last_training: Gauge,
 }
 
 /// `result` label values of `anomalyd_training_runs_total`.
@@ -221,6 +226,39 @@ impl Metrics {
                 "Alerts by the feature with the largest share of their error (bounded by \
                  the configured features).",
                 "feature",
+            ),
+            promotion_rejections: {
+                let c = counter_vec(
+                    &r,
+                    "anomalyd_promotion_rejections_total",
+                    "Retrained candidates the promotion gate rejected, by reason.",
+                    "reason",
+                );
+                for reason in crate::train::gate::REASONS {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
+            scoring_duration_training: histogram(
+                &r,
+                "anomalyd_scoring_duration_during_training_seconds",
+                "Time to score one batch while a retraining run is in flight.",
+                prometheus::exponential_buckets(0.000_05, 2.5, 12).expect("buckets"),
+            ),
+            training_window: int_gauge(
+                &r,
+                "anomalyd_training_window_records",
+                "Normal records in the retraining window.",
+            ),
+            recent_alert_rate: gauge(
+                &r,
+                "anomalyd_recent_alert_rate",
+                "Share of the last retrain.drift_records records alerted (the drift statistic).",
+            ),
+            last_training: gauge(
+                &r,
+                "anomalyd_last_training_timestamp_seconds",
+                "Unix time the last training run finished.",
             ),
             registry: r,
         }

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Detection-quality benchmark: every anomalyd model variant next to PyOD's AutoEncoder and
+# IForest on the labelled data in ../shared/data (NAB, ODDS tables, SKAB), same splits, same
+# run; writes docs/quality.md. Idempotent: every run rebuilds its work folder and the report.
+#
+#   scripts/quality.sh
+#
+# Environment:
+#   DATA=../shared/data                the labelled data (README.md, NAB/, ODDS_tabular/, SKAB/)
+#   WORK=target/quality                split/converted CSVs, configs, per-job JSON and logs
+#   OUT=docs/quality.md                the report
+#   JOBS=2                             parallel single-threaded jobs
+#   EPOCHS=60                          training epochs for anomalyd and PyOD's AutoEncoder
+#   ANOMALYD_BIN=target/release/anomalyd
+#
+# Python side: a venv in $ANOMALYD_CACHE/pyod-venv with pinned PyOD and scikit-learn. torch
+# (for PyOD's AutoEncoder) comes from $ANOMALYD_CACHE/torch-full-venv when that holds a full
+# torch 2.11.0 (linked with a .pth file), else it is installed from PyPI into the venv.
+# The binary comes from scripts/setup.sh (run here when it is missing). About 10 minutes
+# on 2 cores.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DATA="${DATA:-$ROOT/../shared/data}"
+WORK="${WORK:-$ROOT/target/quality}"
+OUT="${OUT:-$ROOT/docs/quality.md}"
+JOBS="${JOBS:-2}"
+EPOCHS="${EPOCHS:-60}"
+BIN="${ANOMALYD_BIN:-$ROOT/target/release/anomalyd}"
+PYOD_VENV="$CACHE/pyod-venv"
+TORCH_FULL_VENV="$CACHE/torch-full-venv"
+PY_PINS=(pyod==3.6.7 scikit-learn==1.9.1 numpy==2.4.6 scipy==1.17.1 tqdm==4.67.1)
+
+for d in NAB/data NAB/labels ODDS_tabular/data SKAB/data; do
+    [ -d "$DATA/$d" ] || { echo "no $DATA/$d: set DATA to the labelled data folder" >&2; exit 1; }
+done
+DATA="$(cd "$DATA" && pwd)"
+
+if [ ! -x "$BIN" ]; then
+    log "no $BIN: running scripts/setup.sh (libtorch, release build)"
+    "$ROOT/scripts/setup.sh"
+fi
+if [ -n "$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/config" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+    log "warning: $BIN is older than src/ (rebuild with cargo build --release to benchmark the current code)"
+fi
+
+py_ok() {
+    [ -x "$PYOD_VENV/bin/python" ] &&
+        "$PYOD_VENV/bin/python" -c 'import pyod, sklearn, numpy, scipy, tqdm, torch' 2>/dev/null
+}
+if ! py_ok; then
+    log "installing PyOD into $PYOD_VENV"
+    [ -x "$PYOD_VENV/bin/python" ] || python3 -m venv "$PYOD_VENV"
+    "$PYOD_VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PINS[@]}"
+    site="$("$PYOD_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    if ! "$PYOD_VENV/bin/python" -c 'import torch' 2>/dev/null; then
+        if [ -x "$TORCH_FULL_VENV/bin/python" ] && "$TORCH_FULL_VENV/bin/python" -c 'import torch' 2>/dev/null; then
+            "$TORCH_FULL_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+                >"$site/zz-torch-full-venv.pth"
+        else
+            log "installing torch==$TORCH_VERSION into $PYOD_VENV (large download)"
+            "$PYOD_VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+        fi
+    fi
+    py_ok || { echo "the PyOD environment in $PYOD_VENV does not import" >&2; exit 1; }
+fi
+
+mkdir -p "$WORK"
+command_line="scripts/quality.sh"
+[ "$JOBS" = 2 ] || command_line="JOBS=$JOBS $command_line"
+[ "$EPOCHS" = 60 ] || command_line="EPOCHS=$EPOCHS $command_line"
+log "benchmark: data $DATA, work $WORK, $JOBS jobs, $EPOCHS epochs"
+start=$(date +%s)
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PYOD_VENV/bin/python" "$ROOT/scripts/quality.py" run \
+    --data "$DATA" --work "$WORK" --bin "$BIN" --out "$OUT" --jobs "$JOBS" --epochs "$EPOCHS" \
+    --command "$command_line"
+log "done in $(($(date +%s) - start)) s: $OUT"
