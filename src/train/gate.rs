@@ -20,7 +20,10 @@ pub struct HoldoutStats {
 impl HoldoutStats {
     pub fn of(scores: &[f32], threshold: f32) -> Self {
         // A NaN score counts as an alarm.
-        let alarms = scores.iter().filter(|&&s| s > threshold || s.is_nan()).count();
+        let alarms = scores
+            .iter()
+            .filter(|&&s| s > threshold || s.is_nan())
+            .count();
         HoldoutStats {
             false_alarm_rate: alarms as f64 / scores.len().max(1) as f64,
             threshold: threshold as f64,
