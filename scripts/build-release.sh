@@ -20,20 +20,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 OUT="${1:?usage: scripts/build-release.sh OUTDIR}"
 mkdir -p "$CACHE"
 
-# Same steps as install_libtorch in scripts/setup.sh (kept in step with it).
-install_libtorch() {
-    local site
-    if [ ! -f "$TORCH_VENV/.complete" ]; then
-        log "installing libtorch from the torch==$TORCH_VERSION wheel into $TORCH_VENV (~550 MB download)"
-        rm -rf "$TORCH_VENV"
-        python3 -m venv "$TORCH_VENV"
-        "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
-            "torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
-        touch "$TORCH_VENV/.complete"
-    fi
-    site="$("$TORCH_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-    ln -sfn "$site/torch" "$ROOT/.libtorch"
-}
 
 for tool in ldd readelf patchelf; do
     command -v "$tool" >/dev/null || { echo "build-release.sh needs $tool (Debian: apt-get install patchelf binutils)" >&2; exit 1; }

@@ -13,3 +13,22 @@ KAFKA_PORT="${KAFKA_PORT:-9092}"
 RUN_DIR="$ROOT/.run"
 
 log() { printf '==> %s\n' "$*" >&2; }
+
+# libtorch: the CPU-capable "light" install of the pinned torch wheel (libtorch itself plus
+# the two CUDA runtime libraries libtorch_cpu.so links against), and the .libtorch link that
+# .cargo/config.toml points LIBTORCH at. Used by setup.sh and build-release.sh.
+install_libtorch() {
+    local site
+    if [ ! -f "$TORCH_VENV/.complete" ]; then
+        log "installing libtorch from the torch==$TORCH_VERSION wheel into $TORCH_VENV (~550 MB download)"
+        rm -rf "$TORCH_VENV"
+        python3 -m venv "$TORCH_VENV"
+        # The light install: libtorch itself plus the two CUDA runtime libraries that
+        # libtorch_cpu.so links against. Python `import torch` is not needed.
+        "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+            "torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
+        touch "$TORCH_VENV/.complete"
+    fi
+    site="$("$TORCH_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    ln -sfn "$site/torch" "$ROOT/.libtorch"
+}
