@@ -25,7 +25,7 @@ DASHBOARD="${DASHBOARD:-$ROOT/deploy/grafana/anomalyd.json}"
 # --- what it needs -------------------------------------------------------------------------
 if ! command -v prometheus >/dev/null; then
     log "installing Prometheus (Debian package)"
-    apt-get install -y -qq prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
+    apt_install prometheus
 fi
 # Debian's package starts a Prometheus service on :9090 where an init system runs; this script
 # runs its own on a free port and leaves that one alone.

@@ -25,7 +25,7 @@ BIN="${ANOMALYD_BIN:-target/debug/anomalyd}"
 # --- tools ----------------------------------------------------------------------------------
 if ! command -v promtool >/dev/null; then
     log "installing promtool (Debian package prometheus)"
-    apt-get install -y -qq prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
+    apt_install prometheus
 fi
 stamp="$VENV/.complete-kubectl-$KUBECTL_VERSION-validate-$KUBERNETES_VALIDATE_VERSION"
 if [ ! -f "$stamp" ]; then

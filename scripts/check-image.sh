@@ -18,8 +18,7 @@ cd "$ROOT"
 
 if ! command -v patchelf >/dev/null || ! command -v readelf >/dev/null; then
     log "installing patchelf and binutils (Debian packages)"
-    apt-get install -y -qq patchelf binutils >/dev/null ||
-        { apt-get update -qq && apt-get install -y -qq patchelf binutils >/dev/null; }
+    apt_install patchelf binutils
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/anomalyd-image.XXXXXX")"

@@ -32,3 +32,8 @@ install_libtorch() {
     site="$("$TORCH_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     ln -sfn "$site/torch" "$ROOT/.libtorch"
 }
+
+# Installs Debian packages, refreshing the package lists only when the first try fails.
+apt_install() {
+    apt-get install -y -qq "$@" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; }
+}
