@@ -3,22 +3,25 @@
 //!
 //! ```text
 //!  source ──Record──▶ batch ──Batch──▶ score ──Scored──▶ sink
+//!                                        └─version──▶ publish   (role trainer)
+//!  models (role scorer: model topic → store) ─CURRENT─▶ score
 //! ```
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
 use rdkafka::config::FromClientConfigAndContext;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{Role, Settings};
 use crate::error::{AppError, PipelineError};
 use crate::http::{self, Health};
-use crate::model::device;
+use crate::model::{device, store};
 use crate::pipeline::batch;
+use crate::pipeline::cluster::{Follower, Publisher};
 use crate::pipeline::kafka::{self, Consumer_, DeliveryContext, Producer, SourceContext};
 use crate::pipeline::offsets::OffsetTracker;
 use crate::pipeline::score::{self, Scorer, ScorerSettings};
@@ -55,6 +58,8 @@ where
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let role = settings.cluster.role;
+    metrics.role.with_label_values(&[role.as_str()]).set(1);
 
     let (listener, addr) =
         http::bind(settings.http_listen)
@@ -63,7 +68,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 addr: settings.http_listen,
                 source,
             })?;
-    tracing::info!(%addr, "http server listening (/metrics /healthz /readyz)");
+    tracing::info!(%addr, role = role.as_str(), "http server listening (/metrics /healthz /readyz)");
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(
         listener,
@@ -71,101 +76,58 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         health.clone(),
         http_stop.clone(),
     ));
-
-    let k = &settings.kafka;
-    let tracker = Arc::new(OffsetTracker::new());
-    let (fail_tx, fail_rx) = bounded(16);
-    let producer: Arc<Producer> = Arc::new(
-        Producer::from_config_and_context(
-            &kafka::producer_config(k)?,
-            DeliveryContext::new(k, tracker.clone(), metrics.clone(), fail_tx),
-        )
-        .map_err(PipelineError::from)?,
-    );
-    let consumer = Consumer_::from_config_and_context(
-        &kafka::consumer_config(k)?,
-        SourceContext {
-            tracker: tracker.clone(),
-            topic: k.input_topic.clone(),
-            metrics: metrics.clone(),
-        },
-    )
-    .map_err(PipelineError::from)?;
-
-    let cap = settings.batch.channel_capacity;
-    let (rec_tx, rec_rx) = bounded(cap);
-    let (batch_tx, batch_rx) = bounded(4);
-    let (scored_tx, scored_rx) = bounded(4);
-    let (done_tx, done_rx) = bounded::<()>(0);
-    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
-
-    let source = Source {
-        consumer,
-        producer: producer.clone(),
-        tracker,
-        metrics: metrics.clone(),
-        input: settings.input.clone(),
-        topic: k.input_topic.clone(),
-        dlq_topic: k.dlq_topic.clone(),
-        commit_interval: k.commit_interval,
-        drain_timeout: settings.batch.drain_timeout,
-        failures: fail_rx,
-        sink_done: done_rx,
-    };
-    let stop = shutdown.clone();
-    spawn_stage("source", exit_tx.clone(), move || source.run(rec_tx, stop));
-
-    let policy = settings.batch;
-    let dim = settings.input.dim();
-    let batch_metrics = metrics.clone();
-    spawn_stage("batch", exit_tx.clone(), move || {
-        batch::run(rec_rx, batch_tx, policy, dim, &batch_metrics);
-        Ok(())
-    });
-
-    let scorer_settings = ScorerSettings {
-        features: settings.input.feature_names(),
-        model: settings.model.clone(),
-        threshold: settings.threshold,
-        top_features: settings.top_features,
-        device: tch::Device::Cpu,
-        store_dir: settings.runtime.store_dir.clone(),
-        keep: settings.runtime.keep,
-        retrain: Some(settings.retrain),
-    };
-    let scorer_metrics = metrics.clone();
-    let runtime = settings.runtime.clone();
-    spawn_stage("score", exit_tx.clone(), move || {
-        // libtorch only on this thread: device choice, loading and training included.
-        let device = device::select(runtime.device)?;
-        let threads = device::set_threads(runtime.threads);
-        tracing::info!(?device, threads, "scorer started");
-        let scorer = Scorer::new(
-            ScorerSettings {
-                device,
-                ..scorer_settings
-            },
-            scorer_metrics,
-        )?;
-        score::run(scorer, batch_rx, scored_tx)?;
-        Ok(())
-    });
-
-    let sink = Sink {
-        producer,
-        scores_topic: k.scores_topic.clone(),
-        alerts_topic: k.alerts_topic.clone(),
-        feature_names: settings.input.feature_names(),
-    };
-    spawn_stage("sink", exit_tx.clone(), move || {
-        sink.run(scored_rx, done_tx)
-    });
-    drop(exit_tx);
-    health.ready.store(true, Ordering::Relaxed);
-
     let signals = tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
+    let mut running = 0;
     let mut first_error: Option<PipelineError> = None;
-    let mut running = 4;
+
+    // A scorer follows the model topic and starts consuming only once it has a model.
+    let mut start = true;
+    if role == Role::Scorer {
+        let store = settings.runtime.store_dir.clone().unwrap_or_default();
+        let follower = Follower::new(
+            &settings.kafka,
+            &settings.cluster,
+            store.clone(),
+            settings.runtime.keep,
+            metrics.clone(),
+        )?;
+        let caught_up = follower.caught_up.clone();
+        let stop = shutdown.clone();
+        spawn_stage("models", exit_tx.clone(), move || follower.run(stop));
+        running += 1;
+        let mut last_log: Option<Instant> = None;
+        loop {
+            if caught_up.load(Ordering::Acquire)
+                && store::current(&store)
+                    .map_err(PipelineError::from)?
+                    .is_some()
+            {
+                break;
+            }
+            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::info!(topic = %settings.cluster.model_topic, key = %settings.cluster.model_key, "waiting for the trainer's model");
+                last_log = Some(Instant::now());
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => { start = false; break; }
+                Some((name, result)) = exit_rx.recv() => {
+                    running -= 1;
+                    note_exit(name, result, &mut first_error);
+                    shutdown.cancel();
+                    start = false;
+                    break;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+    if start {
+        running += spawn_pipeline(&settings, &metrics, &shutdown, &exit_tx)?;
+        health.ready.store(true, Ordering::Relaxed);
+    }
+    drop(exit_tx);
+
     // Until shutdown is asked for or a stage ends, wait; then give the stages the drain
     // deadline (plus a margin for the final commit) to finish.
     tokio::select! {
@@ -201,6 +163,120 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Builds the clients and spawns source, batch, score, sink (and the trainer's publisher).
+/// Returns how many stages it started.
+fn spawn_pipeline(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    exit_tx: &mpsc::UnboundedSender<StageExit>,
+) -> Result<usize, AppError> {
+    let role = settings.cluster.role;
+    let k = &settings.kafka;
+    let tracker = Arc::new(OffsetTracker::new());
+    let (fail_tx, fail_rx) = bounded(16);
+    let producer: Arc<Producer> = Arc::new(
+        Producer::from_config_and_context(
+            &kafka::producer_config(k)?,
+            DeliveryContext::new(k, tracker.clone(), metrics.clone(), fail_tx),
+        )
+        .map_err(PipelineError::from)?,
+    );
+    let consumer = Consumer_::from_config_and_context(
+        &kafka::consumer_config(k)?,
+        SourceContext {
+            tracker: tracker.clone(),
+            topic: k.input_topic.clone(),
+            metrics: metrics.clone(),
+        },
+    )
+    .map_err(PipelineError::from)?;
+    let mut stages = 4;
+
+    let cap = settings.batch.channel_capacity;
+    let (rec_tx, rec_rx) = bounded(cap);
+    let (batch_tx, batch_rx) = bounded(4);
+    let (scored_tx, scored_rx) = bounded(4);
+    let (done_tx, done_rx) = bounded::<()>(0);
+
+    let source = Source {
+        consumer,
+        producer: producer.clone(),
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        input: settings.input.clone(),
+        topic: k.input_topic.clone(),
+        dlq_topic: k.dlq_topic.clone(),
+        dead_letters: role != Role::Trainer,
+        commit_interval: k.commit_interval,
+        drain_timeout: settings.batch.drain_timeout,
+        failures: fail_rx,
+        sink_done: done_rx,
+    };
+    let stop = shutdown.clone();
+    spawn_stage("source", exit_tx.clone(), move || source.run(rec_tx, stop));
+
+    let policy = settings.batch;
+    let dim = settings.input.dim();
+    let batch_metrics = metrics.clone();
+    spawn_stage("batch", exit_tx.clone(), move || {
+        batch::run(rec_rx, batch_tx, policy, dim, &batch_metrics);
+        Ok(())
+    });
+
+    let publish = match (role, &settings.runtime.store_dir) {
+        (Role::Trainer, Some(store)) => {
+            let publisher = Publisher::new(k, &settings.cluster, store.clone(), metrics.clone())?;
+            let (tx, rx) = crossbeam_channel::unbounded();
+            spawn_stage("publish", exit_tx.clone(), move || publisher.run(rx));
+            stages += 1;
+            Some(tx)
+        }
+        _ => None,
+    };
+    let scorer_settings = ScorerSettings {
+        features: settings.input.feature_names(),
+        model: settings.model.clone(),
+        threshold: settings.threshold,
+        top_features: settings.top_features,
+        device: tch::Device::Cpu,
+        store_dir: settings.runtime.store_dir.clone(),
+        keep: settings.runtime.keep,
+        // A scorer serves what the trainer publishes; it never trains.
+        retrain: (role != Role::Scorer).then_some(settings.retrain),
+        publish,
+    };
+    let scorer_metrics = metrics.clone();
+    let runtime = settings.runtime.clone();
+    spawn_stage("score", exit_tx.clone(), move || {
+        // libtorch only on this thread: device choice, loading and training included.
+        let device = device::select(runtime.device)?;
+        let threads = device::set_threads(runtime.threads);
+        tracing::info!(?device, threads, "scorer started");
+        let scorer = Scorer::new(
+            ScorerSettings {
+                device,
+                ..scorer_settings
+            },
+            scorer_metrics,
+        )?;
+        score::run(scorer, batch_rx, scored_tx)?;
+        Ok(())
+    });
+
+    let sink = Sink {
+        producer,
+        scores_topic: k.scores_topic.clone(),
+        alerts_topic: k.alerts_topic.clone(),
+        feature_names: settings.input.feature_names(),
+        discard: (role == Role::Trainer).then_some(tracker),
+    };
+    spawn_stage("sink", exit_tx.clone(), move || {
+        sink.run(scored_rx, done_tx)
+    });
+    Ok(stages)
 }
 
 fn note_exit(name: &str, result: Result<(), PipelineError>, first: &mut Option<PipelineError>) {

@@ -63,6 +63,7 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
             store_dir: settings.runtime.store_dir.clone(),
             keep: settings.runtime.keep,
             retrain: None,
+            publish: None,
         },
         metrics,
     )

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Daemon, Topics, nab_rows, nab_windows, produce, read_all};
+use common::{Daemon, Topics, nab_rows, nab_windows, produce, read_all, synthetic};
 
 const NAB_CONFIG: &str = r#"
 [input]
@@ -125,21 +125,6 @@ fn nab_series_every_record_scored_once_and_the_labelled_window_alerts() {
         "{n} scored, {} alerts, {in_window} inside the labelled window",
         alerts.len()
     );
-}
-
-/// Synthetic multivariate records: 8 correlated features.
-fn synthetic(i: usize) -> Vec<u8> {
-    let t = i as f64 * 0.01;
-    let base = t.sin();
-    let fields: BTreeMap<String, f64> = (0..8)
-        .map(|j| {
-            (
-                format!("f{j}"),
-                base * (j as f64 + 1.0) + ((i * 7 + j * 13) % 10) as f64 * 0.01,
-            )
-        })
-        .collect();
-    serde_json::to_vec(&fields).expect("json")
 }
 
 const FIELDS_CONFIG: &str = r#"

@@ -11,12 +11,12 @@ use config::{Config, Environment, File, FileFormat};
 
 pub use raw::{
     Activation, ConcreteParams, ContractiveParams, DenoisingParams, DeviceChoice, InputMode,
-    LogFormat, ModelKind, Noise, OffsetReset, PcaParams, RawConfig, SparseParams,
+    LogFormat, ModelKind, Noise, OffsetReset, PcaParams, RawConfig, Role, SparseParams,
     TorchScriptParams, VaeParams,
 };
 pub use validate::{
-    BatchPolicy, InputShape, InputSpec, KafkaSettings, ModelRuntime, ModelSpec, RetrainPolicy,
-    Settings, ThresholdSpec,
+    BatchPolicy, ClusterSettings, InputShape, InputSpec, KafkaSettings, ModelRuntime, ModelSpec,
+    RetrainPolicy, Settings, ThresholdSpec,
 };
 
 /// The defaults, embedded so the binary runs without any file.

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub model: RawModel,
     pub threshold: RawThreshold,
     pub retrain: RawRetrain,
+    pub cluster: RawCluster,
     pub alerts: RawAlerts,
     pub http: RawHttp,
     pub log: RawLog,
@@ -294,4 +295,33 @@ pub struct RawRetrain {
     pub max_threshold_ratio: f64,
     pub alert_budget: f64,
     pub drift_records: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub role: Role,
+    pub model_topic: String,
+}
+
+/// What one replica does (see `[cluster]` in `config/default.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Consume, score, retrain and keep the store: a single replica.
+    All,
+    /// Consume the input in the group and score with the models the trainer publishes.
+    Scorer,
+    /// Consume the whole input, retrain, and publish promoted models; produces no scores.
+    Trainer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Scorer => "scorer",
+            Role::Trainer => "trainer",
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::ConfigError;
 use super::raw::{
     Activation, ConcreteParams, ContractiveParams, DenoisingParams, DeviceChoice, InputMode,
-    LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, SparseParams, ThresholdKind,
+    LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, Role, SparseParams, ThresholdKind,
     TorchScriptParams, VaeParams,
 };
 
@@ -21,6 +21,7 @@ pub struct Settings {
     pub runtime: ModelRuntime,
     pub threshold: ThresholdSpec,
     pub retrain: RetrainPolicy,
+    pub cluster: ClusterSettings,
     pub top_features: usize,
     pub http_listen: SocketAddr,
     pub log_format: LogFormat,
@@ -94,6 +95,17 @@ impl InputSpec {
             InputShape::Window { size, .. } => *size,
         }
     }
+}
+
+/// This replica's part in a deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    pub role: Role,
+    /// Where the trainer publishes promoted models and scorers read them (roles `scorer`
+    /// and `trainer` only).
+    pub model_topic: String,
+    /// The key of this deployment's models in the topic: the scorers' consumer group id.
+    pub model_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -477,6 +489,37 @@ impl Settings {
             ));
         }
 
+        let role = raw.cluster.role;
+        let model_key = kafka.group_id.clone();
+        let mut kafka = kafka;
+        if role != Role::All {
+            if runtime.store_dir.is_none() {
+                return Err(ConfigError::invalid(
+                    "model.store_dir",
+                    format!(
+                        "is required when cluster.role = \"{}\" (the trainer keeps its \
+                         versions there, a scorer caches the models it receives)",
+                        role.as_str()
+                    ),
+                ));
+            }
+            if raw.cluster.model_topic.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "cluster.model_topic",
+                    format!("is required when cluster.role = \"{}\"", role.as_str()),
+                ));
+            }
+        }
+        if role == Role::Trainer {
+            // The trainer reads every partition: its own group, next to the scorers'.
+            kafka.group_id = format!("{}.trainer", kafka.group_id);
+        }
+        let cluster = ClusterSettings {
+            role,
+            model_topic: raw.cluster.model_topic.trim().to_string(),
+            model_key,
+        };
+
         let http_listen = raw.http.listen.parse().map_err(|e| {
             ConfigError::invalid(
                 "http.listen",
@@ -492,6 +535,7 @@ impl Settings {
             runtime,
             threshold,
             retrain,
+            cluster,
             top_features: raw.alerts.top_features,
             http_listen,
             log_format: raw.log.format,

@@ -125,6 +125,108 @@ pub fn load(store: &Path, version: u64, device: Device) -> Result<Detector, Mode
     Ok(det)
 }
 
+/// One version's bundle as a self-contained message (what the trainer publishes on the
+/// model topic): its files, base64-encoded, by name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Bundle {
+    pub format: String,
+    pub version: u64,
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// The `format` of a [`Bundle`] this build writes and reads.
+pub const BUNDLE_FORMAT: &str = "anomalyd.bundle.v1";
+
+/// Reads one version's files into a [`Bundle`].
+pub fn export(store: &Path, version: u64) -> Result<Bundle, ModelError> {
+    use base64::Engine as _;
+    let dir = version_dir(store, version);
+    let mut files = std::collections::BTreeMap::new();
+    for name in [META, WEIGHTS, MODULE] {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                files.insert(
+                    name.to_string(),
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == MODULE => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+    }
+    Ok(Bundle {
+        format: BUNDLE_FORMAT.into(),
+        version,
+        files,
+    })
+}
+
+/// Writes a received [`Bundle`] as its version (atomically, like [`save`]) and makes it
+/// current. A version already in the store is left as it is. Only the bundle's known file
+/// names are accepted, so a message can never write outside its version's folder.
+pub fn import(store: &Path, bundle: &Bundle) -> Result<(), ModelError> {
+    if bundle.format != BUNDLE_FORMAT {
+        return Err(bundle.invalid(format!(
+            "format {:?}, this build reads {BUNDLE_FORMAT:?}",
+            bundle.format
+        )));
+    }
+    if !versions(store)?.contains(&bundle.version) {
+        std::fs::create_dir_all(store).map_err(io(store))?;
+        let tmp = store.join(format!(
+            ".tmp-v{:06}-{}",
+            bundle.version,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        if let Err(e) = bundle.write_files(&tmp) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let dest = version_dir(store, bundle.version);
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    }
+    set_current(store, bundle.version)
+}
+
+impl Bundle {
+    fn invalid(&self, why: String) -> ModelError {
+        ModelError::Mismatch(format!("model bundle v{}: {why}", self.version))
+    }
+
+    /// Decodes the files into `dir` and checks that the metadata names this version.
+    fn write_files(&self, dir: &Path) -> Result<(), ModelError> {
+        use base64::Engine as _;
+        for required in [META, WEIGHTS] {
+            if !self.files.contains_key(required) {
+                return Err(self.invalid(format!("no {required}")));
+            }
+        }
+        for (name, data) in &self.files {
+            if ![META, WEIGHTS, MODULE].contains(&name.as_str()) {
+                return Err(self.invalid(format!("unexpected file {name:?}")));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| self.invalid(format!("{name}: {e}")))?;
+            std::fs::write(dir.join(name), bytes).map_err(io(dir))?;
+        }
+        let meta_path = dir.join(META);
+        let text = std::fs::read(&meta_path).map_err(io(&meta_path))?;
+        let meta: ModelMeta = serde_json::from_slice(&text).map_err(|source| ModelError::Meta {
+            path: meta_path.clone(),
+            source,
+        })?;
+        if meta.version != self.version {
+            return Err(self.invalid(format!("its model.json says version {}", meta.version)));
+        }
+        Ok(())
+    }
+}
+
 /// The current version (see [`current`]), if the store has any.
 pub fn load_current(store: &Path, device: Device) -> Result<Option<Detector>, ModelError> {
     match current(store)? {
@@ -187,6 +289,40 @@ mod tests {
         set_current(dir.path(), 2).expect("forward");
         assert_eq!(prune(dir.path(), 1).expect("prune"), vec![1]);
         assert_eq!(versions(dir.path()).expect("versions"), vec![2]);
+    }
+
+    #[test]
+    fn exported_bundle_imports_as_the_same_version_with_identical_scores() {
+        let from = tempfile::tempdir().expect("tempdir");
+        let to = tempfile::tempdir().expect("tempdir");
+        let det = trained();
+        let rows = normal_rows(50, 321);
+        save(from.path(), &det).expect("save");
+        let bundle = export(from.path(), 1).expect("export");
+        let wire = serde_json::to_vec(&bundle).expect("json");
+        let back: Bundle = serde_json::from_slice(&wire).expect("parse");
+        import(to.path(), &back).expect("import");
+        assert_eq!(current(to.path()).expect("current"), Some(1));
+        let loaded = load_current(to.path(), Device::Cpu)
+            .expect("load")
+            .expect("model");
+        assert_eq!(loaded.meta, det.meta);
+        assert_eq!(
+            loaded.score(&rows).expect("score"),
+            det.score(&rows).expect("score")
+        );
+
+        let mut evil = back.clone();
+        evil.version = 2;
+        evil.files.insert("../escape".into(), String::new());
+        let err = import(to.path(), &evil).expect_err("unknown file name");
+        assert!(err.to_string().contains("unexpected file"), "{err}");
+        assert!(!to.path().join("escape").exists());
+        let mut wrong = back;
+        wrong.version = 3;
+        let err = import(to.path(), &wrong).expect_err("version mismatch");
+        assert!(err.to_string().contains("says version 1"), "{err}");
+        assert_eq!(versions(to.path()).expect("versions"), vec![1]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::telemetry::Metrics;
 pub type Producer = ThreadedProducer<DeliveryContext>;
 pub type Consumer_ = BaseConsumer<SourceContext>;
 
-fn base_config(k: &KafkaSettings) -> Result<ClientConfig, ConfigError> {
+pub(crate) fn base_config(k: &KafkaSettings) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
     for (key, value) in &k.properties {
@@ -199,12 +199,14 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(partitions = ?parts, "partitions assigned");
             self.tracker.forget(&parts);
         }
+        let assigned = consumer.assignment().map_or(0, |a| a.count());
+        self.metrics.assigned_partitions.set(assigned as i64);
     }
 }
 

@@ -9,6 +9,7 @@
 //! the stages after it.
 
 pub mod batch;
+pub mod cluster;
 pub mod decode;
 pub mod kafka;
 pub mod offsets;

@@ -30,8 +30,11 @@ pub struct ScorerSettings {
     pub device: Device,
     pub store_dir: Option<PathBuf>,
     pub keep: usize,
-    /// Continuous retraining (the daemon); `None` offline.
+    /// Continuous retraining (the daemon); `None` offline and for the scorer role.
     pub retrain: Option<RetrainPolicy>,
+    /// Receives the version of every model the scorer starts serving (the trainer role
+    /// publishes them to the model topic).
+    pub publish: Option<Sender<u64>>,
 }
 
 /// Retraining state kept by the scorer: the normal window, the triggers, and the channels
@@ -316,6 +319,9 @@ impl Scorer {
             self.metrics.model_created.set(secs);
         }
         self.metrics.model_ready.set(1);
+        if let Some(publish) = &self.settings.publish {
+            let _ = publish.send(det.version());
+        }
         self.threshold = det.meta.threshold.clone();
         self.detector = Some(det);
     }

@@ -12,6 +12,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::Scored;
 use super::kafka::{Pending, Producer};
+use super::offsets::OffsetTracker;
 use super::output::{encode, score_message};
 use crate::error::PipelineError;
 
@@ -20,6 +21,9 @@ pub struct Sink {
     pub scores_topic: String,
     pub alerts_topic: String,
     pub feature_names: Vec<String>,
+    /// The trainer role produces nothing: each batch's offsets are acknowledged here as
+    /// soon as it is scored (the retraining window has seen it).
+    pub discard: Option<Arc<OffsetTracker>>,
 }
 
 /// Enqueues a message, waiting while the producer's queue is full.
@@ -49,6 +53,10 @@ impl Sink {
     ) -> Result<(), PipelineError> {
         let mut buf = Vec::with_capacity(512);
         for batch in scored {
+            if let Some(tracker) = &self.discard {
+                tracker.ack(batch.metas.iter().map(|m| (m.partition, m.offset)));
+                continue;
+            }
             let offsets: Vec<(i32, i64)> = batch
                 .metas
                 .iter()

@@ -34,6 +34,9 @@ pub struct Source {
     pub input: InputSpec,
     pub topic: String,
     pub dlq_topic: String,
+    /// `false` for the trainer role: undecodable records are only counted (the scorers
+    /// dead-letter them) and their offsets acknowledged.
+    pub dead_letters: bool,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     /// Delivery failures reported by the producer: fatal.
@@ -144,6 +147,10 @@ impl Source {
     ) -> Result<(), PipelineError> {
         let code = err.code.as_str();
         self.metrics.decode_errors.with_label_values(&[code]).inc();
+        if !self.dead_letters {
+            self.tracker.ack([(msg.partition(), msg.offset())]);
+            return Ok(());
+        }
         tracing::debug!(
             partition = msg.partition(),
             offset = msg.offset(),

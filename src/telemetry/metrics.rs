@@ -42,6 +42,10 @@ pub struct Metrics {
     pub training_window: IntGauge,
     pub recent_alert_rate: Gauge,
     pub last_training: Gauge,
+    pub assigned_partitions: IntGauge,
+    pub role: IntGaugeVec,
+    pub models_published: IntCounterVec,
+    pub models_received: IntCounterVec,
 }
 
 /// `result` label values of `anomalyd_training_runs_total`.
@@ -119,6 +123,33 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(consumer_lag.clone()))
             .expect("registered once");
+        let role = IntGaugeVec::new(
+            Opts::new(
+                "anomalyd_cluster_role",
+                "1 for this replica's cluster role (all, scorer, trainer).",
+            ),
+            &["role"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(role.clone())).expect("registered once");
+        let models_published = counter_vec(
+            &r,
+            "anomalyd_models_published_total",
+            "Model bundles the trainer published to the model topic, by result (ok, failed).",
+            "result",
+        );
+        let models_received = counter_vec(
+            &r,
+            "anomalyd_models_received_total",
+            "Model bundles a scorer read from the model topic, by result (applied, invalid).",
+            "result",
+        );
+        for res in ["ok", "failed"] {
+            models_published.with_label_values(&[res]);
+        }
+        for res in ["applied", "invalid"] {
+            models_received.with_label_values(&[res]);
+        }
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -260,6 +291,14 @@ impl Metrics {
                 "anomalyd_last_training_timestamp_seconds",
                 "Unix time the last training run finished.",
             ),
+            assigned_partitions: int_gauge(
+                &r,
+                "anomalyd_assigned_partitions",
+                "Input partitions assigned to this replica by the consumer group.",
+            ),
+            role,
+            models_published,
+            models_received,
             registry: r,
         }
     }

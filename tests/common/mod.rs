@@ -3,7 +3,7 @@
 //! test, and the daemon binary started on port 0.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -390,4 +390,19 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
             _ => -1,
         })
         .collect()
+}
+
+/// Synthetic multivariate records: 8 correlated features.
+pub fn synthetic(i: usize) -> Vec<u8> {
+    let t = i as f64 * 0.01;
+    let base = t.sin();
+    let fields: BTreeMap<String, f64> = (0..8)
+        .map(|j| {
+            (
+                format!("f{j}"),
+                base * (j as f64 + 1.0) + ((i * 7 + j * 13) % 10) as f64 * 0.01,
+            )
+        })
+        .collect();
+    serde_json::to_vec(&fields).expect("json")
 }
