@@ -100,6 +100,7 @@ fn bench(c: &mut Criterion) {
             .map(|&s| det.normalize(s, det.threshold()))
             .collect(),
         scores: out.scores,
+        likelihood: Vec::new(),
         model_version: 1,
         explanations: Vec::new(),
     };

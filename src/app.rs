@@ -247,6 +247,7 @@ fn spawn_pipeline(
         // A scorer serves what the trainer publishes; it never trains.
         retrain: (role != Role::Scorer).then_some(settings.retrain),
         publish,
+        value_feature: settings.input.value_feature(),
     };
     let scorer_metrics = metrics.clone();
     let runtime = settings.runtime.clone();

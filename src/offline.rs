@@ -64,6 +64,7 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
             keep: settings.runtime.keep,
             retrain: None,
             publish: None,
+            value_feature: settings.input.value_feature(),
         },
         metrics,
     )

@@ -246,6 +246,19 @@ pub struct RawThreshold {
     pub risk: f64,
     pub init_level: f64,
     pub depth: usize,
+    pub likelihood: RawLikelihood,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLikelihood {
+    pub warmup: usize,
+    pub average: usize,
+    pub history: usize,
+    pub reestimate: usize,
+    pub red: f64,
+    pub spatial_tolerance: f64,
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -254,6 +267,7 @@ pub enum ThresholdKind {
     Quantile,
     Spot,
     Dspot,
+    Likelihood,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -11,6 +11,7 @@ use super::raw::{
     LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, Role, SparseParams, ThresholdKind,
     TorchScriptParams, VaeParams,
 };
+use crate::model::likelihood::LikelihoodParams;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -86,6 +87,18 @@ impl InputSpec {
                     }
                 })
                 .collect(),
+        }
+    }
+
+    /// The feature holding a record's newest raw value: window mode without differences.
+    pub fn value_feature(&self) -> Option<usize> {
+        match &self.shape {
+            InputShape::Window {
+                size,
+                differences: false,
+                ..
+            } => Some(size - 1),
+            _ => None,
         }
     }
 
@@ -180,6 +193,13 @@ pub enum ThresholdSpec {
         risk: f64,
         init_level: f64,
         depth: usize,
+    },
+    /// Per key, the anomaly likelihood of the score stream decides (see
+    /// [`crate::model::likelihood`]); the `quantile` threshold only scales `normalized`.
+    Likelihood {
+        quantile: f64,
+        params: LikelihoodParams,
+        max_keys: usize,
     },
 }
 
@@ -456,6 +476,33 @@ impl Settings {
                 risk: in_unit("threshold.risk", t.risk)?,
                 init_level: in_unit("threshold.init_level", t.init_level)?,
             },
+            ThresholdKind::Likelihood => {
+                let l = &t.likelihood;
+                let tol = non_negative(
+                    "threshold.likelihood.spatial_tolerance",
+                    l.spatial_tolerance,
+                )?;
+                ThresholdSpec::Likelihood {
+                    quantile: in_unit("threshold.quantile", t.quantile)?,
+                    params: LikelihoodParams {
+                        warmup: l.warmup,
+                        average: positive("threshold.likelihood.average", l.average)?,
+                        history: positive("threshold.likelihood.history", l.history)?,
+                        reestimate: positive("threshold.likelihood.reestimate", l.reestimate)?,
+                        red: in_unit("threshold.likelihood.red", l.red)?,
+                        yellow: LikelihoodParams::default().yellow.max(l.red),
+                        // The range check needs the raw value: window mode without
+                        // differences only.
+                        spatial_tolerance: match &input.shape {
+                            InputShape::Window {
+                                differences: false, ..
+                            } if tol > 0.0 => Some(tol),
+                            _ => None,
+                        },
+                    },
+                    max_keys: positive("threshold.likelihood.max_keys", l.max_keys)?,
+                }
+            }
             ThresholdKind::Dspot => ThresholdSpec::Dspot {
                 risk: in_unit("threshold.risk", t.risk)?,
                 init_level: in_unit("threshold.init_level", t.init_level)?,

@@ -10,9 +10,10 @@ use super::metrics::{auprc, auroc, best_f1};
 use super::nab::{self, LabelWindows, Profile};
 use super::plot::{PlotData, write_png};
 use crate::cli::{EvalArgs, InputFormat, TrainArgs};
-use crate::config::Settings;
+use crate::config::{Settings, ThresholdSpec};
 use crate::error::{AppError, PipelineError};
 use crate::input;
+use crate::model::likelihood::{ALERT_LEVEL, Likelihood, LikelihoodParams};
 use crate::model::{Detector, ModelError, device, store};
 use crate::pipeline::Timestamp;
 use crate::pipeline::window::Shaper;
@@ -234,6 +235,34 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
             anomalies.push(a);
             normalized.push(det.normalize(s, t) as f64);
         }
+        // With the likelihood, it decides the alerts and is the score NAB sees. Its warm-up
+        // is at most the training prefix (a series is known from its first row here).
+        let nab_scores = match settings.threshold {
+            ThresholdSpec::Likelihood { params, .. } => {
+                let warmup = if first_eval > 0 {
+                    params.warmup.min(first_eval)
+                } else {
+                    params.warmup
+                };
+                let mut l = Likelihood::new(LikelihoodParams { warmup, ..params });
+                let value = settings.input.value_feature();
+                let out: Vec<f64> = scores
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &s)| {
+                        l.update(
+                            f64::from(s),
+                            value.map(|f| f64::from(data.vectors[i * dim + f])),
+                        )
+                    })
+                    .collect();
+                for (a, &o) in anomalies.iter_mut().zip(&out) {
+                    *a = o >= ALERT_LEVEL;
+                }
+                out
+            }
+            _ => normalized.clone(),
+        };
 
         // Labels: a column, or NAB windows by timestamp.
         let mut index_windows = Vec::new();
@@ -251,7 +280,7 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
                 )));
             }
             let series = w
-                .series(&key, &table, normalized.clone())
+                .series(&key, &table, nab_scores)
                 .map_err(|e| other(format!("{key}: {e}")))?;
             index_windows = series.windows().to_vec();
             labels = (0..n)

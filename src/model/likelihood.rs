@@ -275,6 +275,37 @@ impl Likelihood {
     }
 }
 
+/// One [`Likelihood`] per key (a series in window mode); beyond `max_keys` the least
+/// recently seen key is forgotten (it starts a new warm-up when it comes back).
+#[derive(Debug)]
+pub struct Keyed {
+    params: LikelihoodParams,
+    by_key: lru::LruCache<Box<str>, Likelihood>,
+}
+
+impl Keyed {
+    pub fn new(params: LikelihoodParams, max_keys: usize) -> Self {
+        let cap =
+            std::num::NonZeroUsize::new(max_keys.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
+        Keyed {
+            params,
+            by_key: lru::LruCache::new(cap),
+        }
+    }
+
+    /// Feeds `key`'s next score (and raw value, for the range check); returns its output.
+    pub fn update(&mut self, key: Option<&str>, score: f64, value: Option<f64>) -> f64 {
+        let params = self.params;
+        self.by_key
+            .get_or_insert_mut(key.unwrap_or_default().into(), || Likelihood::new(params))
+            .update(score, value)
+    }
+
+    pub fn keys(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

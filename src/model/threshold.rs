@@ -47,7 +47,8 @@ impl Threshold {
         let calib: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
         let spot_err = |e: super::spot::SpotError| ModelError::Threshold(e.to_string());
         Ok(match spec {
-            ThresholdSpec::Quantile { quantile: q } => Threshold::Fixed {
+            ThresholdSpec::Quantile { quantile: q }
+            | ThresholdSpec::Likelihood { quantile: q, .. } => Threshold::Fixed {
                 value: quantile(scores, q),
             },
             ThresholdSpec::Spot { risk, init_level } => Threshold::Spot {

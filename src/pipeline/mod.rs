@@ -99,6 +99,8 @@ pub struct Scored {
     pub anomalies: Vec<bool>,
     /// 0 for a typical score, 1 at the threshold.
     pub normalized: Vec<f32>,
+    /// The anomaly likelihood of each record (`threshold.kind = "likelihood"`), else empty.
+    pub likelihood: Vec<f32>,
     pub model_version: u64,
     /// For each record flagged as an anomaly (by index), its top contributing features.
     pub explanations: Vec<(usize, Vec<Contribution>)>,

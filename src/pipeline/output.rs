@@ -15,6 +15,10 @@ pub struct ScoreMessage<'a> {
     pub threshold: f32,
     pub normalized_score: f32,
     pub is_anomaly: bool,
+    /// With `threshold.kind = "likelihood"`: the anomaly likelihood that decided
+    /// `is_anomaly` (alert at >= 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub likelihood: Option<f32>,
     pub model_version: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_features: Option<Vec<FeatureShare<'a>>>,
@@ -80,6 +84,7 @@ pub fn score_message<'a>(
         threshold: scored.thresholds[i],
         normalized_score: scored.normalized[i],
         is_anomaly: scored.is_anomaly(i),
+        likelihood: scored.likelihood.get(i).copied(),
         model_version: scored.model_version,
         top_features: explanation.map(|e| {
             e.iter()

@@ -13,6 +13,7 @@ use tch::Device;
 
 use super::{Batch, Contribution, Scored};
 use crate::config::{ModelSpec, RetrainPolicy, ThresholdSpec};
+use crate::model::likelihood::{ALERT_LEVEL, Keyed};
 use crate::model::threshold::Threshold;
 use crate::model::{Detector, ModelError, store};
 use crate::telemetry::Metrics;
@@ -32,6 +33,9 @@ pub struct ScorerSettings {
     pub keep: usize,
     /// Continuous retraining (the daemon); `None` offline and for the scorer role.
     pub retrain: Option<RetrainPolicy>,
+    /// The feature that holds each record's newest raw value (window mode without
+    /// differences), for the likelihood's range check.
+    pub value_feature: Option<usize>,
     /// Receives the version of every model the scorer starts serving (the trainer role
     /// publishes them to the model topic).
     pub publish: Option<Sender<u64>>,
@@ -178,6 +182,8 @@ pub struct Scorer {
     detector: Option<Detector>,
     /// The serving model's threshold as it adapts (SPOT) in stream order.
     threshold: Threshold,
+    /// Per-key anomaly likelihoods (`threshold.kind = "likelihood"`).
+    likelihood: Option<Keyed>,
     warmup: Vec<Batch>,
     warmup_len: usize,
     metrics: Arc<Metrics>,
@@ -211,11 +217,18 @@ impl Scorer {
             Some(policy) => Some(Retrainer::spawn(&settings, policy)?),
             None => None,
         };
+        let likelihood = match settings.threshold {
+            ThresholdSpec::Likelihood {
+                params, max_keys, ..
+            } => Some(Keyed::new(params, max_keys)),
+            _ => None,
+        };
         let mut s = Scorer {
             retrainer,
             settings,
             detector: None,
             threshold: Threshold::Fixed { value: f32::NAN },
+            likelihood,
             warmup: Vec::new(),
             warmup_len: 0,
             metrics,
@@ -335,7 +348,10 @@ impl Scorer {
             let started = Instant::now();
             let scored = score_batch(
                 det,
-                &mut self.threshold,
+                Judge {
+                    threshold: &mut self.threshold,
+                    likelihood: self.likelihood.as_mut(),
+                },
                 &self.settings,
                 &self.metrics,
                 batch,
@@ -425,7 +441,13 @@ impl Scorer {
         let mut threshold = det.meta.threshold.clone();
         let scored = std::mem::take(&mut self.warmup)
             .into_iter()
-            .map(|b| score_batch(&det, &mut threshold, &self.settings, &self.metrics, b))
+            .map(|b| {
+                let judge = Judge {
+                    threshold: &mut threshold,
+                    likelihood: self.likelihood.as_mut(),
+                };
+                score_batch(&det, judge, &self.settings, &self.metrics, b)
+            })
             .collect();
         self.install(det);
         self.threshold = threshold;
@@ -433,10 +455,17 @@ impl Scorer {
     }
 }
 
-/// Scores a batch and judges each record against the threshold, in order.
+/// What decides whether a record is an anomaly: the threshold, or (when configured) each
+/// key's anomaly likelihood; both keep state in stream order.
+struct Judge<'a> {
+    threshold: &'a mut Threshold,
+    likelihood: Option<&'a mut Keyed>,
+}
+
+/// Scores a batch and judges each record, in order.
 fn score_batch(
     det: &Detector,
-    threshold: &mut Threshold,
+    judge: Judge<'_>,
     settings: &ScorerSettings,
     metrics: &Metrics,
     batch: Batch,
@@ -449,11 +478,24 @@ fn score_batch(
     let mut thresholds = Vec::with_capacity(n);
     let mut anomalies = Vec::with_capacity(n);
     let mut normalized = Vec::with_capacity(n);
+    let mut likelihood = Vec::new();
+    let Judge {
+        threshold,
+        likelihood: mut keyed,
+    } = judge;
     let mut top_counts = vec![0u64; dim];
     let score_hist = metrics.score.local();
     let norm_hist = metrics.normalized_score.local();
     for (i, &s) in out.scores.iter().enumerate() {
-        let (t, anomaly) = threshold.judge(s);
+        let (t, mut anomaly) = threshold.judge(s);
+        if let Some(k) = keyed.as_deref_mut() {
+            let value = settings
+                .value_feature
+                .map(|f| f64::from(batch.features[i * dim + f]));
+            let l = k.update(batch.metas[i].key.as_deref(), f64::from(s), value);
+            anomaly = l >= ALERT_LEVEL;
+            likelihood.push(l as f32);
+        }
         let norm = det.normalize(s, t);
         thresholds.push(t);
         anomalies.push(anomaly);
@@ -491,6 +533,7 @@ fn score_batch(
         thresholds,
         anomalies,
         normalized,
+        likelihood,
         model_version: det.version(),
         explanations,
     })
