@@ -2,7 +2,7 @@
 //! CSV with a header, decoded by the same rules as the daemon's Kafka records.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use crate::cli::InputFormat;
@@ -48,7 +48,11 @@ fn csv_columns(
         .iter()
         .map(|n| {
             find(n).ok_or_else(|| {
-                ConfigError::invalid("input.features", format!("the CSV has no column `{n}`"))
+                let found: Vec<&str> = header.iter().map(str::trim).collect();
+                ConfigError::invalid(
+                    "input.features",
+                    format!("the CSV has no column `{n}` (its columns: {found:?})"),
+                )
             })
         })
         .collect::<Result<_, _>>()?;
@@ -109,6 +113,17 @@ fn json_label(line: &str, field: &str) -> Option<bool> {
 }
 
 /// Whether `path` is read as CSV.
+/// The delimiter of a CSV file from its header line: whichever of `,` `;` tab `|` occurs
+/// most (comma on a tie or none), so semicolon-separated exports (SKAB, Excel in many
+/// locales) read as they are.
+fn sniff_delimiter(header: &str) -> u8 {
+    [b',', b';', b'\t', b'|']
+        .into_iter()
+        .map(|d| (header.bytes().filter(|&b| b == d).count(), d))
+        .fold((0, b','), |best, c| if c.0 > best.0 { c } else { best })
+        .1
+}
+
 pub fn is_csv(path: &Path, format: InputFormat) -> bool {
     match format {
         InputFormat::Csv => true,
@@ -134,7 +149,13 @@ pub fn read(
     };
     let decoder = Decoder::new(&settings.input);
     if is_csv(path, format) {
-        let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+        let mut reader = reader;
+        let mut first = String::new();
+        reader.read_line(&mut first)?;
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(true)
+            .delimiter(sniff_delimiter(&first))
+            .from_reader(io::Cursor::new(first).chain(reader));
         let header = rdr.headers().map_err(io::Error::other)?.clone();
         let cols = csv_columns(settings, &header, label_column)?;
         for (index, row) in rdr.records().enumerate() {
@@ -166,6 +187,17 @@ pub fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delimiter_is_sniffed_from_the_header() {
+        assert_eq!(sniff_delimiter("timestamp,value\n"), b',');
+        assert_eq!(
+            sniff_delimiter("datetime;Accelerometer1RMS;Current\n"),
+            b';'
+        );
+        assert_eq!(sniff_delimiter("a\tb\tc\n"), b'\t');
+        assert_eq!(sniff_delimiter("value\n"), b',');
+    }
 
     #[test]
     fn labels() {

@@ -36,6 +36,16 @@ fn invalid_config_stops_startup_naming_the_key() {
             "input.features",
         ),
         ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
+        ("[cluster]\nrole = \"scorer\"\n", "model.store_dir"),
+        (
+            "[cluster]\nrole = \"trainer\"\nmodel_topic = \" \"\n[model]\nstore_dir = \"m\"\n",
+            "cluster.model_topic",
+        ),
+        ("[cluster]\nrole = \"boss\"\n", "cluster.role"),
+        (
+            "[threshold]\nkind = \"likelihood\"\n[threshold.likelihood]\nred = 2.0\n",
+            "threshold.likelihood.red",
+        ),
     ];
     for (text, key) in cases {
         let cfg = write_config(dir.path(), text);
@@ -245,7 +255,7 @@ fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
     }
     let png = std::fs::read(plots.join("art_daily_jumpsup.png")).expect("plot");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("NAB score: standard"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NAB score over 1 file(s): standard"));
 
     let store = dir.path().join("models");
     let out = anomalyd(
@@ -263,4 +273,124 @@ fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(store.join("v000001/model.json").is_file());
     assert!(store.join("v000001/weights.safetensors").is_file());
+}
+
+#[test]
+fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
+         [input.window]\nsize = 16\n\
+         [model]\nwarmup_records = 600\nepochs = 20\nthreads = 1\n\
+         [threshold]\nkind = \"likelihood\"\n[threshold.likelihood]\nwarmup = 600\n",
+    );
+    let input = common::fixture("nab/art_daily_jumpsup.csv");
+    let out_path = dir.path().join("scores.jsonl");
+    let out = anomalyd(
+        &[
+            "score",
+            "--config",
+            &cfg,
+            "--input",
+            input.to_str().expect("path"),
+            "--output",
+            out_path.to_str().expect("path"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_path)
+        .expect("output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 4032);
+    let likelihood: Vec<f64> = lines
+        .iter()
+        .map(|v| v["likelihood"].as_f64().expect("likelihood field"))
+        .collect();
+    assert!(likelihood.iter().all(|l| (0.0..=1.0).contains(l)));
+    assert!(
+        likelihood[..600].iter().all(|&l| l == 0.0),
+        "silent during the key's warm-up"
+    );
+    let alerts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i]["is_anomaly"] == true)
+        .collect();
+    for &i in &alerts {
+        assert!(likelihood[i] >= 0.5, "alert {i} decided by the likelihood");
+    }
+    let windows = common::nab_windows();
+    let in_window = alerts
+        .iter()
+        .filter(|&&i| {
+            let ts = lines[i]["timestamp"].as_str().expect("ts");
+            windows
+                .iter()
+                .any(|(s, e)| ts >= s.as_str() && ts <= e.as_str())
+        })
+        .count();
+    println!("alerts at {alerts:?}, {in_window} inside the labelled window");
+    assert!(in_window >= 1, "the labelled jump alerts");
+    assert!(
+        alerts.len() <= 10,
+        "a run of unlikely scores alerts once, not per record: {alerts:?}"
+    );
+}
+
+#[test]
+fn eval_skips_a_file_it_cannot_train_on_and_reports_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
+         [model]\nepochs = 5\nthreads = 1\n[threshold]\nkind = \"spot\"\n",
+    );
+    // A flat series: every training score is the same, so SPOT finds no tail to fit.
+    let flat = dir.path().join("flat.csv");
+    let mut text = String::from("timestamp;value\n");
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "2020-01-01 00:{:02}:{:02};5.0\n",
+            i / 60 % 60,
+            i % 60
+        ));
+    }
+    std::fs::write(&flat, text).expect("write");
+    let input = common::fixture("nab/art_daily_jumpsup.csv");
+    let report = dir.path().join("report.json");
+    let out = anomalyd(
+        &[
+            "eval",
+            "--config",
+            &cfg,
+            "--input",
+            flat.to_str().expect("p"),
+            "--input",
+            input.to_str().expect("p"),
+            "--report",
+            report.to_str().expect("p"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    assert_eq!(r["files"].as_array().expect("files").len(), 1);
+    assert_eq!(r["files"][0]["rows"], 4032);
+    let skipped = &r["skipped"][0];
+    assert!(
+        skipped["file"]
+            .as_str()
+            .expect("file")
+            .ends_with("flat.csv"),
+        "{skipped}"
+    );
+    assert!(!skipped["reason"].as_str().expect("reason").is_empty());
+    assert!(
+        stderr(&out).contains("flat.csv: skipped"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -131,8 +131,17 @@ pub struct FileReport {
     pub f1: Option<f64>,
 }
 
+/// A file the model could not be trained on (e.g. too few distinct scores for SPOT).
+#[derive(Debug, Serialize)]
+pub struct Skipped {
+    pub file: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct NabReport {
+    /// Files in the NAB corpus score (skipped files are not).
+    pub files: usize,
     pub standard: f64,
     pub reward_low_fp: f64,
     pub reward_low_fn: f64,
@@ -143,6 +152,7 @@ pub struct EvalReport {
     pub model: String,
     pub threshold: String,
     pub files: Vec<FileReport>,
+    pub skipped: Vec<Skipped>,
     pub mean_auroc: Option<f64>,
     pub mean_auprc: Option<f64>,
     pub mean_best_f1: Option<f64>,
@@ -194,6 +204,7 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut files = Vec::new();
+    let mut skipped = Vec::new();
     let mut corpus = Vec::new();
     for path in &args.input {
         bar.set_message(
@@ -214,15 +225,27 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
                 (data.vectors[..k * dim].to_vec(), k)
             }
         };
-        let det = Detector::train(
+        let det = match Detector::train(
             &train_rows,
             settings.input.feature_names(),
             &settings.model,
             settings.threshold,
             1,
             device,
-        )
-        .map_err(model_err)?;
+        ) {
+            Ok(det) => det,
+            Err(e) => {
+                // One unusable file does not void the corpus: it is reported and skipped.
+                let reason = e.to_string();
+                bar.suspend(|| eprintln!("{}: skipped: {reason}", path.display()));
+                skipped.push(Skipped {
+                    file: path.display().to_string(),
+                    reason,
+                });
+                bar.inc(1);
+                continue;
+            }
+        };
         let mut scores = Vec::with_capacity(n);
         for chunk in data.vectors.chunks(65_536 * dim) {
             scores.extend(det.score(chunk).map_err(model_err)?.scores);
@@ -361,6 +384,7 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
                 .map_err(|e| other(e.to_string()))
         };
         Some(NabReport {
+            files: corpus.len(),
             standard: score(Profile::standard())?,
             reward_low_fp: score(Profile::reward_low_fp())?,
             reward_low_fn: score(Profile::reward_low_fn())?,
@@ -373,6 +397,7 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
         mean_auprc: mean(files.iter().map(|f| f.auprc)),
         mean_best_f1: mean(files.iter().map(|f| f.best_f1)),
         files,
+        skipped,
         nab,
     };
     print_report(&report);
@@ -381,6 +406,12 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
             p,
             serde_json::to_vec_pretty(&report).map_err(std::io::Error::other)?,
         )?;
+    }
+    if report.files.is_empty() && !report.skipped.is_empty() {
+        return Err(other(format!(
+            "no input could be evaluated ({} skipped)",
+            report.skipped.len()
+        )));
     }
     Ok(())
 }
@@ -432,10 +463,13 @@ fn print_report(r: &EvalReport) {
         fmt(r.mean_auprc),
         fmt(r.mean_best_f1)
     );
+    for f in &r.skipped {
+        println!("skipped {}: {}", f.file, f.reason);
+    }
     if let Some(n) = &r.nab {
         println!(
-            "NAB score: standard {:.1}, reward_low_fp {:.1}, reward_low_fn {:.1}",
-            n.standard, n.reward_low_fp, n.reward_low_fn
+            "NAB score over {} file(s): standard {:.1}, reward_low_fp {:.1}, reward_low_fn {:.1}",
+            n.files, n.standard, n.reward_low_fp, n.reward_low_fn
         );
     }
 }
