@@ -295,10 +295,14 @@ impl Keyed {
 
     /// Feeds `key`'s next score (and raw value, for the range check); returns its output.
     pub fn update(&mut self, key: Option<&str>, score: f64, value: Option<f64>) -> f64 {
-        let params = self.params;
-        self.by_key
-            .get_or_insert_mut(key.unwrap_or_default().into(), || Likelihood::new(params))
-            .update(score, value)
+        let key = key.unwrap_or_default();
+        if let Some(l) = self.by_key.get_mut(key) {
+            return l.update(score, value);
+        }
+        let mut l = Likelihood::new(self.params);
+        let out = l.update(score, value);
+        self.by_key.put(key.into(), l);
+        out
     }
 
     pub fn keys(&self) -> usize {
@@ -575,5 +579,29 @@ mod tests {
         let half = (1.000_000_000_1 - 0.5_f64).ln() / LOG_DENOMINATOR;
         assert_eq!(out[..5], [0.0; 5]);
         assert_eq!(out[5..], [half, half]);
+    }
+
+    #[test]
+    fn keyed_keeps_one_independent_state_per_key_and_forgets_the_oldest() {
+        let a = normal_scores(400, 1);
+        let b = normal_scores(400, 2);
+        let (mut alone_a, mut alone_b) =
+            (Likelihood::new(params(100)), Likelihood::new(params(100)));
+        let mut keyed = Keyed::new(params(100), 2);
+        for i in 0..400 {
+            assert_eq!(
+                keyed.update(Some("a"), a[i], None),
+                alone_a.update(a[i], None)
+            );
+            assert_eq!(
+                keyed.update(Some("b"), b[i], None),
+                alone_b.update(b[i], None)
+            );
+        }
+        assert_eq!(keyed.keys(), 2);
+        keyed.update(None, 1.0, None);
+        assert_eq!(keyed.keys(), 2, "bounded");
+        // "a" was the least recently seen: it starts over with a new warm-up.
+        assert_eq!(keyed.update(Some("a"), 1e6, None), 0.0);
     }
 }
