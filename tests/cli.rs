@@ -43,6 +43,10 @@ fn invalid_config_stops_startup_naming_the_key() {
         ),
         ("[cluster]\nrole = \"boss\"\n", "cluster.role"),
         (
+            "[model]\nwarmup_records = 200\n[threshold]\nkind = \"spot\"\n",
+            "threshold.init_level",
+        ),
+        (
             "[threshold]\nkind = \"likelihood\"\n[threshold.likelihood]\nred = 2.0\n",
             "threshold.likelihood.red",
         ),

@@ -510,6 +510,25 @@ impl Settings {
             },
         };
 
+        if let ThresholdSpec::Spot { init_level, .. } | ThresholdSpec::Dspot { init_level, .. } =
+            threshold
+        {
+            // SPOT fits its tail on the calibration scores above the init_level quantile.
+            let peaks = (model.warmup_records as f64 * (1.0 - init_level)).floor() as usize;
+            let need = crate::model::spot::DEFAULT_MIN_PEAKS;
+            if peaks < need {
+                return Err(ConfigError::invalid(
+                    "threshold.init_level",
+                    format!(
+                        "SPOT needs at least {need} calibration scores above the init_level \
+                         quantile; model.warmup_records = {} gives {peaks}: lower init_level \
+                         or raise model.warmup_records",
+                        model.warmup_records
+                    ),
+                ));
+            }
+        }
+
         let r = raw.retrain;
         if r.max_threshold_ratio < 1.0 {
             return Err(ConfigError::invalid(
