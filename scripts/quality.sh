@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Detection-quality benchmark: every anomalyd model variant next to PyOD's AutoEncoder and
 # IForest on the labelled data in ../shared/data (NAB, ODDS tables, SKAB), same splits, same
-# run; writes docs/quality.md. Idempotent: every run rebuilds its work folder and the report.
+# run; on NAB also with the anomaly likelihood (`[threshold] kind = "likelihood"`, applied to
+# PyOD's scores by tests/fixtures/likelihood/postprocess.py). Writes docs/quality.md.
+# Idempotent: every run rebuilds its work folder and the report.
 #
 #   scripts/quality.sh
 #
