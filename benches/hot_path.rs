@@ -1,5 +1,5 @@
 //! The hot path, per record: decode a 32-feature JSON record, score a batch with the
-//! autoencoder, encode the score messages. Run: `cargo bench --bench hot_path`.
+//! autoencoder, encode the score messages, and the likelihood update when it decides. Run: `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 
@@ -7,6 +7,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use anomalyd::config::{InputShape, InputSpec, ModelSpec, ThresholdSpec};
 use anomalyd::model::Detector;
+use anomalyd::model::likelihood::{Keyed, LikelihoodParams};
 use anomalyd::pipeline::decode::Decoder;
 use anomalyd::pipeline::output::{encode, score_message};
 use anomalyd::pipeline::{Meta, Scored, Timestamp};
@@ -111,6 +112,26 @@ fn bench(c: &mut Criterion) {
             for i in 0..BATCH {
                 encode(&score_message(&scored, i, None, &feature_names), &mut buf);
                 black_box(&buf);
+            }
+        })
+    });
+
+    // threshold.kind = "likelihood": one update per record, 100 keys interleaved, past the
+    // warm-up (the re-estimate every 100 records is included in the average).
+    let mut keyed = Keyed::new(LikelihoodParams::default(), 1000);
+    let keys: Vec<String> = (0..100).map(|k| format!("node-{k}")).collect();
+    let mut i = 0usize;
+    for _ in 0..100_000 {
+        keyed.update(Some(&keys[i % 100]), 0.1 + (i % 7) as f64 * 0.01, Some(1.0));
+        i += 1;
+    }
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("likelihood_update_100_keys", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                let score = 0.1 + (i % 7) as f64 * 0.01;
+                black_box(keyed.update(Some(&keys[i % 100]), score, Some(1.0)));
+                i += 1;
             }
         })
     });
