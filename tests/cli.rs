@@ -23,6 +23,40 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `anomalyd score` of the NAB fixture with `config`: the run, and its score lines.
+fn score_nab_fixture(dir: &std::path::Path, config: &str) -> (Output, Vec<serde_json::Value>) {
+    let cfg = write_config(dir, config);
+    let input = common::fixture("nab/art_daily_jumpsup.csv");
+    let out_path = dir.join("scores.jsonl");
+    let out = anomalyd(
+        &[
+            "score",
+            "--config",
+            &cfg,
+            "--input",
+            input.to_str().expect("path"),
+            "--output",
+            out_path.to_str().expect("path"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = std::fs::read_to_string(&out_path)
+        .expect("output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    (out, lines)
+}
+
+/// Whether a score line's timestamp lies in the fixture's labelled anomaly window.
+fn in_labelled_window(line: &serde_json::Value) -> bool {
+    let ts = line["timestamp"].as_str().expect("ts");
+    common::nab_windows()
+        .iter()
+        .any(|(s, e)| ts >= s.as_str() && ts <= e.as_str())
+}
+
 #[test]
 fn invalid_config_stops_startup_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -95,48 +129,21 @@ fn check_config_prints_effective_config_with_secrets_masked() {
 #[test]
 fn offline_score_of_the_nab_fixture() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
+    let (out, lines) = score_nab_fixture(
         dir.path(),
         "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
          [model]\nwarmup_records = 1500\nthreads = 1\n",
     );
-    let input = common::fixture("nab/art_daily_jumpsup.csv");
-    let out_path = dir.path().join("scores.jsonl");
-    let out = anomalyd(
-        &[
-            "score",
-            "--config",
-            &cfg,
-            "--input",
-            input.to_str().expect("path"),
-            "--output",
-            out_path.to_str().expect("path"),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
     let rows = common::nab_rows();
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_path)
-        .expect("output")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
     assert_eq!(lines.len(), rows.len(), "one score per record");
     for (i, v) in lines.iter().enumerate() {
         assert_eq!(v["offset"], i as i64);
         assert_eq!(v["partition"], 0);
         assert_eq!(v["timestamp"], rows[i].0.as_str());
     }
-    let windows = common::nab_windows();
     let in_window = lines
         .iter()
-        .filter(|v| v["is_anomaly"] == true)
-        .filter(|v| {
-            let ts = v["timestamp"].as_str().expect("ts");
-            windows
-                .iter()
-                .any(|(s, e)| ts >= s.as_str() && ts <= e.as_str())
-        })
+        .filter(|v| v["is_anomaly"] == true && in_labelled_window(v))
         .count();
     assert!(in_window >= 1, "an anomaly inside the labelled window");
     assert!(stderr(&out).contains("4032 scored"), "{}", stderr(&out));
@@ -282,33 +289,13 @@ fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
 #[test]
 fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
+    let (_, lines) = score_nab_fixture(
         dir.path(),
         "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
          [input.window]\nsize = 16\n\
          [model]\nwarmup_records = 600\nepochs = 20\nthreads = 1\n\
          [threshold]\nkind = \"likelihood\"\n[threshold.likelihood]\nwarmup = 600\n",
     );
-    let input = common::fixture("nab/art_daily_jumpsup.csv");
-    let out_path = dir.path().join("scores.jsonl");
-    let out = anomalyd(
-        &[
-            "score",
-            "--config",
-            &cfg,
-            "--input",
-            input.to_str().expect("path"),
-            "--output",
-            out_path.to_str().expect("path"),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_path)
-        .expect("output")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
     assert_eq!(lines.len(), 4032);
     let likelihood: Vec<f64> = lines
         .iter()
@@ -325,15 +312,9 @@ fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
     for &i in &alerts {
         assert!(likelihood[i] >= 0.5, "alert {i} decided by the likelihood");
     }
-    let windows = common::nab_windows();
     let in_window = alerts
         .iter()
-        .filter(|&&i| {
-            let ts = lines[i]["timestamp"].as_str().expect("ts");
-            windows
-                .iter()
-                .any(|(s, e)| ts >= s.as_str() && ts <= e.as_str())
-        })
+        .filter(|&&i| in_labelled_window(&lines[i]))
         .count();
     println!("alerts at {alerts:?}, {in_window} inside the labelled window");
     assert!(in_window >= 1, "the labelled jump alerts");

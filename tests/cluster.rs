@@ -146,16 +146,7 @@ fn two_scorers_split_the_input_and_follow_the_trainers_promotions_and_reverts() 
     );
 
     // A revert on the trainer's store reaches every scorer through the model topic.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anomalyd"))
-        .args(["models", "revert", "1", "--store"])
-        .arg(dir.path().join("trainer"))
-        .output()
-        .expect("revert");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::revert(&dir.path().join("trainer"), 1);
     trainer.wait_metric("anomalyd_model_version", Duration::from_secs(30), |v| {
         v == 1.0
     });

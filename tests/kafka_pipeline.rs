@@ -329,16 +329,7 @@ fn running_daemon_follows_a_revert_and_scores_exactly_as_the_reverted_version() 
     );
     assert_eq!(daemon.metric("anomalyd_model_version"), Some(2.0));
 
-    let out = std::process::Command::new(bin)
-        .args(["models", "revert", "1", "--store"])
-        .arg(&store)
-        .output()
-        .expect("revert");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::revert(&store, 1);
     daemon.wait_metric("anomalyd_model_version", Duration::from_secs(30), |v| {
         v == 1.0
     });

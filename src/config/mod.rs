@@ -112,6 +112,22 @@ mod tests {
     }
 
     #[test]
+    fn likelihood_defaults_in_the_toml_are_the_modules() {
+        let mut raw = load_raw(None).expect("defaults load");
+        raw.input.mode = InputMode::Window;
+        raw.input.features = vec!["value".into()];
+        raw.threshold.kind = raw::ThresholdKind::Likelihood;
+        let s = Settings::validate(raw).expect("valid");
+        let ThresholdSpec::Likelihood { params, .. } = s.threshold else {
+            panic!("{:?}", s.threshold);
+        };
+        assert_eq!(
+            params,
+            crate::model::likelihood::LikelihoodParams::default()
+        );
+    }
+
+    #[test]
     fn secrets_are_masked() {
         let mut raw = load_raw(None).expect("defaults load");
         raw.kafka

@@ -268,7 +268,7 @@ fn positive(key: &'static str, v: usize) -> Result<usize, ConfigError> {
 impl Settings {
     pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         let k = raw.kafka;
-        let kafka = KafkaSettings {
+        let mut kafka = KafkaSettings {
             brokers: non_empty("kafka.brokers", &k.brokers)?,
             group_id: non_empty("kafka.group_id", &k.group_id)?,
             input_topic: non_empty("kafka.input_topic", &k.input_topic)?,
@@ -557,7 +557,6 @@ impl Settings {
 
         let role = raw.cluster.role;
         let model_key = kafka.group_id.clone();
-        let mut kafka = kafka;
         if role != Role::All {
             if runtime.store_dir.is_none() {
                 return Err(ConfigError::invalid(

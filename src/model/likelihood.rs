@@ -414,26 +414,6 @@ mod tests {
     }
 
     #[test]
-    fn default_params_are_numentas() {
-        let p = LikelihoodParams::default();
-        assert_eq!(
-            p,
-            LikelihoodParams {
-                warmup: 750,
-                average: 10,
-                history: 8640,
-                reestimate: 100,
-                red: 1e-5,
-                yellow: 1e-3,
-                spatial_tolerance: Some(0.05),
-            }
-        );
-        let json = serde_json::to_string(&p).expect("serialises");
-        let back: LikelihoodParams = serde_json::from_str(&json).expect("deserialises");
-        assert_eq!(back, p);
-    }
-
-    #[test]
     fn warm_up_outputs_zero() {
         let mut scores = normal_scores(300, 1);
         scores[40] = 50.0; // a spike inside the warm-up is not reported

@@ -406,3 +406,17 @@ pub fn synthetic(i: usize) -> Vec<u8> {
         .collect();
     serde_json::to_vec(&fields).expect("json")
 }
+
+/// `anomalyd models revert VERSION --store STORE`, which must succeed.
+pub fn revert(store: &Path, version: u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_anomalyd"))
+        .args(["models", "revert", &version.to_string(), "--store"])
+        .arg(store)
+        .output()
+        .expect("revert");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
