@@ -11,8 +11,8 @@ use config::{Config, Environment, File, FileFormat};
 
 pub use raw::{
     Activation, ConcreteParams, ContractiveParams, DenoisingParams, DeviceChoice, InputMode,
-    LogFormat, ModelKind, Noise, OffsetReset, PcaParams, RawConfig, Role, SparseParams,
-    TorchScriptParams, VaeParams,
+    LogFormat, ModelKind, Noise, OffsetReset, PcaParams, RawConfig, Role, ScalerKind, SparseParams,
+    TorchScriptParams, VaeParams, VaeScore,
 };
 pub use validate::{
     BatchPolicy, ClusterSettings, InputShape, InputSpec, KafkaSettings, ModelRuntime, ModelSpec,

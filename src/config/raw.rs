@@ -95,6 +95,7 @@ pub struct RawModel {
     pub batch_size: usize,
     pub learning_rate: f64,
     pub seed: i64,
+    pub scaler: ScalerKind,
     pub device: DeviceChoice,
     pub threads: usize,
     pub store_dir: String,
@@ -194,11 +195,37 @@ pub struct ContractiveParams {
     pub lambda: f64,
 }
 
+/// How the features are centred and scaled before the network sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalerKind {
+    /// (x - mean) / standard deviation.
+    #[default]
+    Standard,
+    /// (x - median) / (IQR / 1.349): the training data's outliers barely move it.
+    Robust,
+}
+
+/// What the VAE reports as a record's anomaly score.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VaeScore {
+    /// An & Cho (2015): -log p(x|z) averaged over L samples z ~ q(z|x).
+    #[default]
+    ReconstructionProbability,
+    /// The negative ELBO: the reconstruction probability plus KL(q(z|x) || N(0, I)), so
+    /// a record whose code is unlikely under the prior scores high too.
+    Elbo,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaeParams {
     pub samples: usize,
     pub beta: f64,
+    /// Absent in bundles written before the option existed.
+    #[serde(default)]
+    pub score: VaeScore,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::ConfigError;
 use super::raw::{
     Activation, ConcreteParams, ContractiveParams, DenoisingParams, DeviceChoice, InputMode,
-    LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, Role, SparseParams, ThresholdKind,
-    TorchScriptParams, VaeParams,
+    LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, Role, ScalerKind, SparseParams,
+    ThresholdKind, TorchScriptParams, VaeParams,
 };
 use crate::model::likelihood::LikelihoodParams;
 
@@ -153,6 +153,9 @@ pub struct ModelSpec {
     pub batch_size: usize,
     pub learning_rate: f64,
     pub seed: i64,
+    /// Absent in bundles written before the option existed.
+    #[serde(default)]
+    pub scaler: ScalerKind,
     pub sparse: SparseParams,
     pub denoising: DenoisingParams,
     pub contractive: ContractiveParams,
@@ -408,6 +411,7 @@ impl Settings {
         let vae = VaeParams {
             samples: positive("model.vae.samples", m.vae.samples)?,
             beta: non_negative("model.vae.beta", m.vae.beta)?,
+            score: m.vae.score,
         };
         let c = m.concrete;
         if !(c.end_temperature > 0.0 && c.end_temperature <= c.start_temperature) {
@@ -452,6 +456,7 @@ impl Settings {
             batch_size: positive("model.batch_size", m.batch_size)?,
             learning_rate: m.learning_rate,
             seed: m.seed,
+            scaler: m.scaler,
             sparse,
             denoising,
             contractive,

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::ModelError;
 use super::network::Network;
-use super::scaler::StandardScaler;
+use super::scaler::Scaler;
 use super::threshold::{Threshold, quantile};
 use crate::config::{ModelKind, ModelSpec, ThresholdSpec};
 
@@ -19,7 +19,7 @@ pub struct ModelMeta {
     pub version: u64,
     pub spec: ModelSpec,
     pub features: Vec<String>,
-    pub scaler: StandardScaler,
+    pub scaler: Scaler,
     /// The threshold as calibrated on the training scores (SPOT state included).
     pub threshold: Threshold,
     /// Median calibration score: `normalized_score` is 0 there and 1 at the threshold.
@@ -96,8 +96,8 @@ impl Detector {
         let dim = meta.features.len() as i64;
         let vs = nn::VarStore::new(device);
         let net = Network::build(&vs.root(), dim, &meta.spec, script)?;
-        let mean = Tensor::from_slice(&meta.scaler.mean).to_device(device);
-        let inv_std = Tensor::from_slice(&meta.scaler.std)
+        let mean = Tensor::from_slice(&meta.scaler.center).to_device(device);
+        let inv_std = Tensor::from_slice(&meta.scaler.scale)
             .reciprocal()
             .to_device(device);
         Ok(Detector {
@@ -163,7 +163,7 @@ impl Detector {
             version,
             spec: spec.clone(),
             features,
-            scaler: StandardScaler::fit(rows, dim),
+            scaler: Scaler::fit(spec.scaler, rows, dim),
             threshold: Threshold::Fixed { value: f32::NAN },
             center: 0.0,
             selected_features: None,
@@ -339,11 +339,15 @@ pub(crate) mod tests {
     }
 
     pub fn train_kind(kind: ModelKind) -> Detector {
+        train_spec(&spec_for(kind))
+    }
+
+    fn train_spec(spec: &ModelSpec) -> Detector {
         tch::set_num_threads(1);
         Detector::train(
             &normal_rows(500, 0),
             features(),
-            &spec_for(kind),
+            spec,
             ThresholdSpec::Quantile { quantile: 0.99 },
             1,
             Device::Cpu,
@@ -359,8 +363,9 @@ pub(crate) mod tests {
     /// (single features shifted by 3 standard deviations... of the raw data scale) score
     /// above the threshold far more often than held-out normal points, and a save -> load
     /// round trip gives identical scores.
-    fn check_variant(kind: ModelKind) {
-        let det = train_kind(kind);
+    fn check_variant(spec: ModelSpec) {
+        let kind = spec.kind;
+        let det = train_spec(&spec);
         let t = det.threshold();
         assert!(t.is_finite(), "{kind:?}: threshold {t}");
         let normal = det.score(&normal_rows(300, 10_000)).expect("score").scores;
@@ -390,22 +395,72 @@ pub(crate) mod tests {
     }
 
     macro_rules! variant_tests {
-        ($($name:ident => $kind:expr),* $(,)?) => {
-            $(#[test] fn $name() { check_variant($kind); })*
+        ($($name:ident => $spec:expr),* $(,)?) => {
+            $(#[test] fn $name() { check_variant($spec); })*
         };
     }
 
+    /// `kind` with the robust scaler (and, for the VAE, the negative-ELBO score).
+    fn robust(kind: ModelKind) -> ModelSpec {
+        let mut spec = spec_for(kind);
+        spec.scaler = crate::config::ScalerKind::Robust;
+        spec.vae.score = crate::config::VaeScore::Elbo;
+        spec
+    }
+
     variant_tests! {
-        variant_dense => ModelKind::Dense,
-        variant_sparse_topk => ModelKind::SparseTopk,
-        variant_sparse_l1 => ModelKind::SparseL1,
-        variant_sparse_kl => ModelKind::SparseKl,
-        variant_denoising => ModelKind::Denoising,
-        variant_contractive => ModelKind::Contractive,
-        variant_vae => ModelKind::Vae,
-        variant_concrete => ModelKind::Concrete,
-        variant_pca => ModelKind::Pca,
-        variant_torchscript => ModelKind::Torchscript,
+        variant_dense => spec_for(ModelKind::Dense),
+        variant_sparse_topk => spec_for(ModelKind::SparseTopk),
+        variant_sparse_l1 => spec_for(ModelKind::SparseL1),
+        variant_sparse_kl => spec_for(ModelKind::SparseKl),
+        variant_denoising => spec_for(ModelKind::Denoising),
+        variant_contractive => spec_for(ModelKind::Contractive),
+        variant_vae => spec_for(ModelKind::Vae),
+        variant_concrete => spec_for(ModelKind::Concrete),
+        variant_pca => spec_for(ModelKind::Pca),
+        variant_torchscript => spec_for(ModelKind::Torchscript),
+        variant_dense_robust => robust(ModelKind::Dense),
+        variant_vae_elbo_robust => robust(ModelKind::Vae),
+        variant_pca_robust => robust(ModelKind::Pca),
+    }
+
+    #[test]
+    fn vae_elbo_adds_the_kl_term_and_keeps_the_explanation() {
+        let mut spec = spec_for(ModelKind::Vae);
+        spec.vae.score = crate::config::VaeScore::Elbo;
+        spec.vae.beta = 2.0;
+        let elbo = train_spec(&spec);
+        let mut meta = elbo.meta.clone();
+        meta.spec.vae.score = crate::config::VaeScore::ReconstructionProbability;
+        let mut recprob = Detector::from_meta(meta, Device::Cpu, None).expect("build");
+        recprob
+            .var_store_mut()
+            .copy(elbo.var_store())
+            .expect("same weights");
+        let rows = normal_rows(50, 30_000);
+        let (a, b) = (elbo.score(&rows).unwrap(), recprob.score(&rows).unwrap());
+        assert_eq!(a.feature_errors, b.feature_errors, "explanations unchanged");
+        // beta * KL / d with KL > 0: a trained posterior is never exactly the prior.
+        for (e, r) in a.scores.iter().zip(&b.scores) {
+            assert!(e > r, "elbo {e} <= reconstruction probability {r}");
+        }
+        // The difference is beta * KL / d, KL computed here from the encoder's outputs.
+        let Network::Vae(v) = &elbo.net else {
+            panic!("a VAE")
+        };
+        let (mu, logvar) = v.encode(&elbo.scaled(&rows));
+        let (mu, logvar) = (to_vec(&mu).unwrap(), to_vec(&logvar).unwrap());
+        let latent = mu.len() / a.scores.len();
+        for (i, (e, r)) in a.scores.iter().zip(&b.scores).enumerate() {
+            let kl: f32 = (i * latent..(i + 1) * latent)
+                .map(|j| -0.5 * (1.0 + logvar[j] - mu[j] * mu[j] - logvar[j].exp()))
+                .sum();
+            let expected = 2.0 * kl / 8.0;
+            assert!(
+                (e - r - expected).abs() < 1e-4 * expected.max(1.0),
+                "{e} - {r} != {expected}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The autoencoder, its scaler and threshold, and model persistence.
 //!
-//! A [`Detector`] is everything needed to score: the network, the standard scaler, the
+//! A [`Detector`] is everything needed to score: the network, the feature scaler, the
 //! calibrated threshold and the metadata that describes them. It lives on one thread (the
 //! scorer): tch tensors are `Send` but not `Sync`.
 

@@ -10,7 +10,9 @@
 //!   for one sigmoid layer and by autograd otherwise;
 //! - vae: Gaussian encoder and decoder, ELBO training (Kingma & Welling 2014); the score is
 //!   the reconstruction probability of An & Cho (2015) as a negative log-likelihood of x
-//!   under the decoder's Gaussian, averaged over L latent samples;
+//!   under the decoder's Gaussian, averaged over L latent samples; with `score = "elbo"`
+//!   plus beta * KL(q(z|x) || N(0, I)), i.e. the record's negative ELBO (the training
+//!   loss), which also flags records whose code is unlikely under the prior;
 //! - concrete: a selector of k concrete (Gumbel-softmax) nodes over the inputs with an
 //!   annealed temperature, then a decoder (Abid, Balin & Zou 2019); at scoring each node is
 //!   the one-hot argmax, i.e. k selected features;
@@ -24,7 +26,7 @@ use tch::nn::{self, Module};
 use tch::{CModule, Device, Kind, Reduction, Tensor};
 
 use super::ModelError;
-use crate::config::{Activation, ModelKind, ModelSpec, Noise};
+use crate::config::{Activation, ModelKind, ModelSpec, Noise, VaeScore};
 
 fn activate(a: Activation, x: &Tensor) -> Tensor {
     match a {
@@ -154,6 +156,8 @@ pub struct Vae {
     /// Fixed standard-normal draws [L, latent] for scoring: the reconstruction probability
     /// is then a deterministic function of x (saved with the weights).
     eps: Tensor,
+    /// beta when the score is the negative ELBO, else None.
+    kl_weight: Option<f64>,
 }
 
 const LOGVAR_RANGE: (f64, f64) = (-8.0, 8.0);
@@ -183,10 +187,12 @@ impl Vae {
             out_mu: nn::linear(p / "out_mu", dec_out, dim, Default::default()),
             out_logvar: nn::linear(p / "out_logvar", dec_out, dim, Default::default()),
             eps,
+            kl_weight: (spec.vae.score == VaeScore::Elbo).then_some(spec.vae.beta),
         }
     }
 
-    fn encode(&self, x: &Tensor) -> (Tensor, Tensor) {
+    /// The posterior q(z|x): its mean and log-variance, `[n, latent]` each.
+    pub(crate) fn encode(&self, x: &Tensor) -> (Tensor, Tensor) {
         let h = self.body.forward(x);
         let lv = self
             .logvar
@@ -216,14 +222,20 @@ impl Vae {
         let z = &mu + (&logvar * 0.5).exp() * mu.randn_like();
         let (xm, xlv) = self.decode(&z);
         let (nll, _) = Self::nll(x, &xm, &xlv);
-        let kl =
-            (&logvar + 1.0 - mu.square() - logvar.exp()).sum_dim_intlist(1, false, Kind::Float)
-                * -0.5;
         let d = x.size()[1] as f64;
-        (nll.sum_dim_intlist(1, false, Kind::Float) + kl * beta).mean(Kind::Float) / d
+        (nll.sum_dim_intlist(1, false, Kind::Float) + Self::kl(&mu, &logvar) * beta)
+            .mean(Kind::Float)
+            / d
     }
 
-    /// The reconstruction probability as per-feature NLL averaged over the L fixed samples.
+    /// KL(N(mu, exp(logvar)) || N(0, I)) per record, `[n]`.
+    fn kl(mu: &Tensor, logvar: &Tensor) -> Tensor {
+        (logvar + 1.0 - mu.square() - logvar.exp()).sum_dim_intlist(1, false, Kind::Float) * -0.5
+    }
+
+    /// The reconstruction probability as per-feature NLL averaged over the L fixed samples;
+    /// for the ELBO score each feature's term also carries beta * KL / d, so the row mean
+    /// is the record's negative ELBO / d. The explanation stays the per-feature residuals.
     fn terms(&self, x: &Tensor) -> (Tensor, Tensor) {
         let (mu, logvar) = self.encode(x);
         let std = (&logvar * 0.5).exp();
@@ -231,10 +243,12 @@ impl Vae {
         let z = mu.unsqueeze(0) + self.eps.unsqueeze(1) * std.unsqueeze(0);
         let (xm, xlv) = self.decode(&z);
         let (nll, resid) = Self::nll(&x.unsqueeze(0), &xm, &xlv);
-        (
-            nll.mean_dim(0, false, Kind::Float),
-            resid.mean_dim(0, false, Kind::Float),
-        )
+        let mut terms = nll.mean_dim(0, false, Kind::Float);
+        if let Some(beta) = self.kl_weight {
+            let d = x.size()[1] as f64;
+            terms += (Self::kl(&mu, &logvar) * (beta / d)).unsqueeze(1);
+        }
+        (terms, resid.mean_dim(0, false, Kind::Float))
     }
 }
 

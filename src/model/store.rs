@@ -292,6 +292,31 @@ mod tests {
     }
 
     #[test]
+    fn metadata_from_before_the_scaler_and_vae_score_options_still_loads() {
+        let meta = trained().meta;
+        let mut json = serde_json::to_value(&meta).expect("json");
+        let spec = json["spec"].as_object_mut().expect("spec");
+        assert!(spec.remove("scaler").is_some());
+        assert!(
+            spec["vae"]
+                .as_object_mut()
+                .expect("vae")
+                .remove("score")
+                .is_some()
+        );
+        let old: ModelMeta = serde_json::from_value(json).expect("an older bundle loads");
+        assert_eq!(old.spec.scaler, crate::config::ScalerKind::Standard);
+        assert_eq!(
+            old.spec.vae.score,
+            crate::config::VaeScore::ReconstructionProbability
+        );
+        assert_eq!(old, meta);
+        // The scaler keeps its on-disk field names.
+        let scaler = serde_json::to_value(&meta.scaler).expect("json");
+        assert!(scaler.get("mean").is_some() && scaler.get("std").is_some());
+    }
+
+    #[test]
     fn exported_bundle_imports_as_the_same_version_with_identical_scores() {
         let from = tempfile::tempdir().expect("tempdir");
         let to = tempfile::tempdir().expect("tempdir");
