@@ -438,7 +438,8 @@ pub(crate) mod tests {
             .copy(elbo.var_store())
             .expect("same weights");
         let rows = normal_rows(50, 30_000);
-        let (a, b) = (elbo.score(&rows).unwrap(), recprob.score(&rows).unwrap());
+        let score = |d: &Detector| d.score(&rows).expect("score");
+        let (a, b) = (score(&elbo), score(&recprob));
         assert_eq!(a.feature_errors, b.feature_errors, "explanations unchanged");
         // beta * KL / d with KL > 0: a trained posterior is never exactly the prior.
         for (e, r) in a.scores.iter().zip(&b.scores) {
@@ -449,7 +450,7 @@ pub(crate) mod tests {
             panic!("a VAE")
         };
         let (mu, logvar) = v.encode(&elbo.scaled(&rows));
-        let (mu, logvar) = (to_vec(&mu).unwrap(), to_vec(&logvar).unwrap());
+        let (mu, logvar) = (to_vec(&mu).expect("mu"), to_vec(&logvar).expect("logvar"));
         let latent = mu.len() / a.scores.len();
         for (i, (e, r)) in a.scores.iter().zip(&b.scores).enumerate() {
             let kl: f32 = (i * latent..(i + 1) * latent)
