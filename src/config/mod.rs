@@ -174,4 +174,21 @@ mod tests {
         let err = load(Some(&path)).expect_err("bad quantile").to_string();
         assert!(err.contains("threshold.quantile"), "{err}");
     }
+
+    #[test]
+    fn scaler_and_vae_score_are_read_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[model]\nscaler = \"robust\"\n[model.vae]\nscore = \"elbo\"\n",
+        )
+        .expect("write");
+        let s = load(Some(&path)).expect("valid");
+        assert_eq!(s.model.scaler, ScalerKind::Robust);
+        assert_eq!(s.model.vae.score, VaeScore::Elbo);
+        std::fs::write(&path, "[model]\nscaler = \"minmax\"\n").expect("write");
+        let err = load(Some(&path)).expect_err("unknown scaler").to_string();
+        assert!(err.contains("scaler") && err.contains("minmax"), "{err}");
+    }
 }
