@@ -274,7 +274,7 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
                     .enumerate()
                     .map(|(i, &s)| {
                         l.update(
-                            f64::from(s),
+                            det.likelihood_input(s),
                             value.map(|f| f64::from(data.vectors[i * dim + f])),
                         )
                     })

@@ -272,6 +272,25 @@ impl Detector {
         }
     }
 
+    /// What a key's anomaly likelihood is fed: the score in this model's calibrated units,
+    /// `(score - center) / (calibrated threshold - center)`. The likelihood is invariant to
+    /// such a map within one model, and across models it keeps a key's history comparable:
+    /// when a retrained model with another score scale takes over, the history of the old
+    /// model's scores still describes normal. (Fed raw scores, a model whose scores are 3x
+    /// larger raises a false alert on every key at the switch, and more while the history
+    /// catches up.) With a zero span (every calibration score equal) it is the offset
+    /// score, so a change still shows.
+    pub fn likelihood_input(&self, score: f32) -> f64 {
+        let center = f64::from(self.meta.center);
+        let span = f64::from(self.threshold()) - center;
+        let offset = f64::from(score) - center;
+        if span.abs() > f64::from(f32::EPSILON) && span.is_finite() {
+            offset / span
+        } else {
+            offset
+        }
+    }
+
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
     }

@@ -492,7 +492,11 @@ fn score_batch(
             let value = settings
                 .value_feature
                 .map(|f| f64::from(batch.features[i * dim + f]));
-            let l = k.update(batch.metas[i].key.as_deref(), f64::from(s), value);
+            let l = k.update(
+                batch.metas[i].key.as_deref(),
+                det.likelihood_input(s),
+                value,
+            );
             anomaly = l >= ALERT_LEVEL;
             likelihood.push(l as f32);
         }
@@ -598,5 +602,54 @@ mod tests {
         assert_eq!(c[0].feature, 1);
         assert!((c[0].share - 0.6).abs() < 1e-6);
         assert_eq!(c[1].feature, 2);
+    }
+
+    /// A key's likelihood keeps judging well when a model with another score scale takes
+    /// over (as after a retraining promotion): it is fed calibrated scores, not raw ones.
+    #[test]
+    fn likelihood_survives_a_switch_to_a_model_with_another_score_scale() {
+        use crate::config::ModelKind;
+        use crate::model::detector::tests::{normal_rows, train_kind};
+        use crate::model::likelihood::LikelihoodParams;
+        let (mut a, mut b) = (train_kind(ModelKind::Dense), train_kind(ModelKind::Pca));
+        // `b` the one with the larger scores: a drop in scale is the milder direction.
+        if b.meta.center < a.meta.center {
+            std::mem::swap(&mut a, &mut b);
+        }
+        let sa = a.score(&normal_rows(1500, 40_000)).expect("score").scores;
+        // After the switch: normal records, with an anomaly (records 700..705) among them.
+        let mut rows = normal_rows(1500, 41_500);
+        for row in rows.chunks_exact_mut(8).skip(700).take(5) {
+            row[3] += 3.0;
+        }
+        let sb = b.score(&rows).expect("score").scores;
+        let median = |s: &[f32]| crate::model::threshold::quantile(s, 0.5);
+        let ratio = median(&sb) / median(&sa);
+        assert!(ratio > 3.0, "scales too alike: {ratio}");
+        // The stream scored by `a`, then by `b`: the records that alert after the switch.
+        let alerts_after_switch = |input: &dyn Fn(&Detector, f32) -> f64| {
+            let mut keyed = Keyed::new(LikelihoodParams::default(), 10);
+            for &s in &sa {
+                keyed.update(Some("k"), input(&a, s), None);
+            }
+            let out = sb
+                .iter()
+                .map(|&s| keyed.update(Some("k"), input(&b, s), None));
+            out.enumerate()
+                .filter(|&(_, l)| l >= ALERT_LEVEL)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        let calibrated = alerts_after_switch(&|d, s| d.likelihood_input(s));
+        assert!(
+            !calibrated.is_empty() && calibrated.iter().all(|i| (700..715).contains(i)),
+            "calibrated input: alerts at {calibrated:?}, expected only the anomaly"
+        );
+        // Raw scores: false alerts at the switch (and while the history catches up).
+        let raw = alerts_after_switch(&|_, s| f64::from(s));
+        assert!(
+            raw.first().is_some_and(|&i| i < 10),
+            "raw input: alerts at {raw:?}"
+        );
     }
 }
