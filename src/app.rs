@@ -256,14 +256,16 @@ fn spawn_pipeline(
         let device = device::select(runtime.device)?;
         let threads = device::set_threads(runtime.threads);
         tracing::info!(?device, threads, "scorer started");
-        let scorer = Scorer::new(
+        let mut scorer = Scorer::new(
             ScorerSettings {
                 device,
                 ..scorer_settings
             },
             scorer_metrics,
         )?;
-        score::run(scorer, batch_rx, scored_tx)?;
+        scorer.restore_likelihood();
+        score::run(&mut scorer, batch_rx, scored_tx)?;
+        scorer.save_likelihood()?;
         Ok(())
     });
 

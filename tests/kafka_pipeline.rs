@@ -466,3 +466,99 @@ fn retrains_while_scoring_promotes_and_a_restart_serves_the_promoted_version() {
     let (status, logs) = restarted.terminate(Duration::from_secs(30));
     assert!(status.success(), "{logs}");
 }
+
+/// Two sine series in window mode, judged by the anomaly likelihood; a store keeps the
+/// model and, on a graceful stop, each key's likelihood state.
+fn likelihood_config(store: &std::path::Path) -> String {
+    format!(
+        r#"
+[input]
+mode = "window"
+features = ["value"]
+key_field = "series"
+[input.window]
+size = 16
+[model]
+warmup_records = 400
+epochs = 20
+threads = 1
+store_dir = "{}"
+[threshold]
+kind = "likelihood"
+[threshold.likelihood]
+warmup = 300
+"#,
+        store.display()
+    )
+}
+
+/// Record `i` of series `key`: a sine with a little deterministic noise, or `value`.
+fn series_record(key: &str, i: usize, value: Option<f64>) -> (i32, Option<String>, Vec<u8>) {
+    let v = value.unwrap_or_else(|| (i as f64 * 0.2).sin() + ((i * 7919) % 13) as f64 * 0.002);
+    let payload = serde_json::json!({"series": key, "value": v});
+    (0, Some(key.to_string()), payload.to_string().into_bytes())
+}
+
+#[test]
+fn likelihood_state_survives_a_graceful_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("models");
+    let config = likelihood_config(&store);
+    let t = Topics::fresh("likelihood", 1);
+    // Phase 1: 600 records per key, past the likelihood's 300-record warm-up.
+    let first: Vec<_> = (0..600)
+        .flat_map(|i| [series_record("a", i, None), series_record("b", i, None)])
+        .collect();
+    produce(&t.input, &first);
+    let mut daemon = Daemon::start(dir.path(), &format!("{}{config}", t.kafka_toml()));
+    daemon.wait_metric(
+        "anomalyd_records_scored_total",
+        Duration::from_secs(180),
+        |v| v >= first.len() as f64,
+    );
+    let (status, logs) = daemon.terminate(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "SIGTERM exits 0, got {status}; logs:\n{logs}"
+    );
+    assert!(
+        store.join("likelihood.state").is_file(),
+        "no likelihood state saved; logs:\n{logs}"
+    );
+
+    // Phase 2, after a restart: 20 more normal records per key, then a value far outside
+    // key "a"'s range. A key that started afresh would be silent for its first 300
+    // records (the warm-up); a restored one alerts at once.
+    let mut second: Vec<_> = (600..620)
+        .flat_map(|i| [series_record("a", i, None), series_record("b", i, None)])
+        .collect();
+    second.push(series_record("a", 620, Some(50.0)));
+    let spike_offset = (first.len() + second.len() - 1) as i64;
+    let mut daemon = Daemon::start(dir.path(), &format!("{}{config}", t.kafka_toml()));
+    produce(&t.input, &second);
+    daemon.wait_metric(
+        "anomalyd_records_scored_total",
+        Duration::from_secs(60),
+        |v| v >= second.len() as f64,
+    );
+    daemon.wait_metric(
+        "anomalyd_messages_produced_total",
+        Duration::from_secs(60),
+        |v| v >= second.len() as f64,
+    );
+    let (status, logs) = daemon.terminate(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "SIGTERM exits 0, got {status}; logs:\n{logs}"
+    );
+    let alerts: Vec<serde_json::Value> = read_all(&t.alerts, 1).iter().map(|m| m.json()).collect();
+    let spike = alerts
+        .iter()
+        .find(|a| a["offset"].as_i64() == Some(spike_offset))
+        .unwrap_or_else(|| panic!("no alert for the spike at offset {spike_offset}: {alerts:?}"));
+    assert_eq!(spike["key"], "a");
+    assert!(
+        spike["likelihood"].as_f64().is_some_and(|l| l >= 0.5),
+        "{spike}"
+    );
+}

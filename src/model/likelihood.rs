@@ -127,7 +127,7 @@ impl Default for LikelihoodParams {
 }
 
 /// A Gaussian fitted to the smoothed-score history.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Gaussian {
     mean: f64,
     std: f64,
@@ -161,7 +161,7 @@ impl Gaussian {
 }
 
 /// The anomaly likelihood state of one series. See the [module docs](self).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Likelihood {
     params: LikelihoodParams,
     /// Records from this one on enter the history (`⌊warmup/2⌋`).
@@ -308,6 +308,69 @@ impl Keyed {
     pub fn keys(&self) -> usize {
         self.by_key.len()
     }
+
+    pub fn params(&self) -> LikelihoodParams {
+        self.params
+    }
+
+    /// Every key's state, least recently seen first, in a compact binary form
+    /// ([postcard](https://docs.rs/postcard)) that [`Self::from_snapshot`] reads back.
+    pub fn snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
+        let snapshot = Snapshot {
+            format: SNAPSHOT_FORMAT.into(),
+            params: self.params,
+            keys: self
+                .by_key
+                .iter()
+                .rev()
+                .map(|(k, l)| (k.clone(), l.clone()))
+                .collect(),
+        };
+        postcard::to_stdvec(&snapshot)
+    }
+
+    /// The state saved by [`Self::snapshot`], for these parameters: each key continues
+    /// exactly where it stopped. `Err` when the bytes are not a snapshot, or were saved
+    /// with other parameters (the histories would mean something else); the caller then
+    /// starts afresh. Beyond `max_keys` the least recently seen keys are dropped.
+    pub fn from_snapshot(
+        bytes: &[u8],
+        params: LikelihoodParams,
+        max_keys: usize,
+    ) -> Result<Self, SnapshotError> {
+        let snapshot: Snapshot = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
+        if snapshot.format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format(snapshot.format));
+        }
+        if snapshot.params != params {
+            return Err(SnapshotError::Params(Box::new(snapshot.params)));
+        }
+        let mut keyed = Keyed::new(params, max_keys);
+        for (key, state) in snapshot.keys {
+            keyed.by_key.put(key, state);
+        }
+        Ok(keyed)
+    }
+}
+
+/// Identifies [`Keyed::snapshot`]'s layout; a reader refuses other layouts.
+const SNAPSHOT_FORMAT: &str = "anomalyd.likelihood.v1";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    format: String,
+    params: LikelihoodParams,
+    keys: Vec<(Box<str>, Likelihood)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a likelihood snapshot: {0}")]
+    Decode(postcard::Error),
+    #[error("snapshot format {0:?}, expected {SNAPSHOT_FORMAT:?}")]
+    Format(String),
+    #[error("saved with other [threshold.likelihood] settings: {0:?}")]
+    Params(Box<LikelihoodParams>),
 }
 
 #[cfg(test)]
@@ -583,5 +646,50 @@ mod tests {
         assert_eq!(keyed.keys(), 2, "bounded");
         // "a" was the least recently seen: it starts over with a new warm-up.
         assert_eq!(keyed.update(Some("a"), 1e6, None), 0.0);
+    }
+
+    #[test]
+    fn a_snapshot_continues_every_key_exactly_and_refuses_other_settings() {
+        let p = LikelihoodParams {
+            spatial_tolerance: Some(0.05),
+            ..params(100)
+        };
+        let (a, b) = (normal_scores(900, 3), normal_scores(900, 4));
+        let feed = |k: &mut Keyed, i: usize| {
+            let value = Some((i as f64 * 0.1).sin());
+            (
+                k.update(Some("a"), a[i], value),
+                k.update(Some("b"), b[i] * 3.0, value),
+            )
+        };
+        let mut uninterrupted = Keyed::new(p, 10);
+        let mut first = Keyed::new(p, 10);
+        for i in 0..500 {
+            assert_eq!(feed(&mut uninterrupted, i), feed(&mut first, i));
+        }
+        let bytes = first.snapshot().expect("snapshot");
+        let mut restored = Keyed::from_snapshot(&bytes, p, 10).expect("restore");
+        assert_eq!(restored.keys(), 2);
+        let mut fresh = Keyed::new(p, 10);
+        let mut differs = false;
+        for i in 500..900 {
+            let expected = feed(&mut uninterrupted, i);
+            assert_eq!(feed(&mut restored, i), expected, "record {i}");
+            differs |= feed(&mut fresh, i) != expected;
+        }
+        assert!(differs, "a fresh state would have judged differently");
+        // The least recently seen order survives: with room for one key, "b" (the later
+        // one) is kept.
+        let one = Keyed::from_snapshot(&bytes, p, 1).expect("restore");
+        assert_eq!(one.keys(), 1);
+        assert!(one.by_key.contains("b"));
+
+        let other = LikelihoodParams { history: 500, ..p };
+        let err = Keyed::from_snapshot(&bytes, other, 10).expect_err("other settings");
+        assert!(matches!(err, SnapshotError::Params(_)), "{err}");
+        assert!(matches!(
+            Keyed::from_snapshot(b"garbage", p, 10),
+            Err(SnapshotError::Decode(_))
+        ));
     }
 }

@@ -39,4 +39,6 @@ pub enum ModelError {
     Mismatch(String),
     #[error("threshold calibration: {0}")]
     Threshold(String),
+    #[error("encoding the likelihood state: {0}")]
+    LikelihoodState(#[from] postcard::Error),
 }

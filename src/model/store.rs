@@ -16,6 +16,8 @@ const META: &str = "model.json";
 const MODULE: &str = "module.pt";
 /// The serving version's number.
 const CURRENT: &str = "CURRENT";
+/// The scorer's per-key anomaly likelihood state, written when the daemon stops.
+pub const LIKELIHOOD_STATE: &str = "likelihood.state";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
@@ -42,6 +44,27 @@ pub fn versions(store: &Path) -> Result<Vec<u64>, ModelError> {
         .collect();
     out.sort_unstable();
     Ok(out)
+}
+
+/// Writes `bytes` as the store's likelihood state: a temporary file, then a rename, so a
+/// crash leaves the previous state whole.
+pub fn save_likelihood(store: &Path, bytes: &[u8]) -> Result<PathBuf, ModelError> {
+    std::fs::create_dir_all(store).map_err(io(store))?;
+    let tmp = store.join(format!(".{LIKELIHOOD_STATE}.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    let dest = store.join(LIKELIHOOD_STATE);
+    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    Ok(dest)
+}
+
+/// The saved likelihood state, if the store has one.
+pub fn read_likelihood(store: &Path) -> Result<Option<Vec<u8>>, ModelError> {
+    let path = store.join(LIKELIHOOD_STATE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&path)(e)),
+    }
 }
 
 /// Writes the detector as its version's bundle and makes it the current version.

@@ -243,6 +243,48 @@ impl Scorer {
         self.detector.as_ref()
     }
 
+    /// Continues each key's anomaly likelihood from the state the store holds (saved when
+    /// the daemon last stopped), so keys do not start a new warm-up. Without a store, a
+    /// saved state, or with one saved under other `[threshold.likelihood]` settings, the
+    /// keys start afresh (logged).
+    pub fn restore_likelihood(&mut self) {
+        let (Some(dir), Some(current)) = (&self.settings.store_dir, &self.likelihood) else {
+            return;
+        };
+        let ThresholdSpec::Likelihood { max_keys, .. } = self.settings.threshold else {
+            return;
+        };
+        let path = dir.join(store::LIKELIHOOD_STATE);
+        match store::read_likelihood(dir) {
+            Ok(None) => {}
+            Ok(Some(bytes)) => match Keyed::from_snapshot(&bytes, current.params(), max_keys) {
+                Ok(keyed) => {
+                    tracing::info!(keys = keyed.keys(), path = %path.display(),
+                        "restored the anomaly likelihood state");
+                    self.likelihood = Some(keyed);
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "not restoring the anomaly likelihood state: every key warms up again"),
+            },
+            Err(e) => tracing::warn!(error = %e,
+                "cannot read the anomaly likelihood state: every key warms up again"),
+        }
+    }
+
+    /// Saves each key's anomaly likelihood in the store, for [`Self::restore_likelihood`]
+    /// after a restart. Does nothing without a store or a likelihood.
+    pub fn save_likelihood(&self) -> Result<(), ModelError> {
+        let (Some(dir), Some(keyed)) = (&self.settings.store_dir, &self.likelihood) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let bytes = keyed.snapshot()?;
+        let path = store::save_likelihood(dir, &bytes)?;
+        tracing::info!(keys = keyed.keys(), bytes = bytes.len(), path = %path.display(),
+            seconds = started.elapsed().as_secs_f64(), "saved the anomaly likelihood state");
+        Ok(())
+    }
+
     /// Installs a promoted candidate, or counts a rejection, when the trainer has finished.
     /// Called between batches.
     pub fn poll_trainer(&mut self) {
@@ -564,7 +606,7 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// The scorer thread: batches in, scored batches out, until the input closes.
 pub fn run(
-    mut scorer: Scorer,
+    scorer: &mut Scorer,
     batches: Receiver<Batch>,
     scored: Sender<Scored>,
 ) -> Result<(), ModelError> {
