@@ -281,6 +281,8 @@ impl Likelihood {
 pub struct Keyed {
     params: LikelihoodParams,
     by_key: lru::LruCache<Box<str>, Likelihood>,
+    /// Keys forgotten to stay within `max_keys`.
+    evictions: u64,
 }
 
 impl Keyed {
@@ -290,6 +292,7 @@ impl Keyed {
         Keyed {
             params,
             by_key: lru::LruCache::new(cap),
+            evictions: 0,
         }
     }
 
@@ -301,12 +304,19 @@ impl Keyed {
         }
         let mut l = Likelihood::new(self.params);
         let out = l.update(score, value);
-        self.by_key.put(key.into(), l);
+        if self.by_key.push(key.into(), l).is_some() {
+            self.evictions += 1; // the key is new, so what came back was evicted
+        }
         out
     }
 
     pub fn keys(&self) -> usize {
         self.by_key.len()
+    }
+
+    /// Keys forgotten so far to stay within `max_keys`.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     pub fn params(&self) -> LikelihoodParams {
@@ -644,6 +654,7 @@ mod tests {
         assert_eq!(keyed.keys(), 2);
         keyed.update(None, 1.0, None);
         assert_eq!(keyed.keys(), 2, "bounded");
+        assert_eq!(keyed.evictions(), 1);
         // "a" was the least recently seen: it starts over with a new warm-up.
         assert_eq!(keyed.update(Some("a"), 1e6, None), 0.0);
     }

@@ -559,6 +559,13 @@ fn score_batch(
     }
     score_hist.flush();
     norm_hist.flush();
+    if let Some(k) = keyed {
+        metrics.likelihood_keys.set(k.keys() as i64);
+        let seen = metrics.likelihood_evictions.get();
+        metrics
+            .likelihood_evictions
+            .inc_by(k.evictions().saturating_sub(seen));
+    }
     metrics
         .scoring_duration
         .observe(started.elapsed().as_secs_f64());

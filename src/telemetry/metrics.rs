@@ -32,6 +32,8 @@ pub struct Metrics {
     pub pending_records: IntGauge,
     pub window_keys: IntGauge,
     pub window_evictions: IntCounter,
+    pub likelihood_keys: IntGauge,
+    pub likelihood_evictions: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub batch_linger: Histogram,
     pub model_created: Gauge,
@@ -237,6 +239,17 @@ impl Metrics {
                 &r,
                 "anomalyd_window_evictions_total",
                 "Keys evicted from window state to stay within input.window.max_keys.",
+            ),
+            likelihood_keys: int_gauge(
+                &r,
+                "anomalyd_likelihood_keys",
+                "Keys with anomaly-likelihood state (threshold.kind = likelihood).",
+            ),
+            likelihood_evictions: counter(
+                &r,
+                "anomalyd_likelihood_evictions_total",
+                "Keys whose likelihood state was forgotten to stay within \
+                 threshold.likelihood.max_keys (each warms up again when it returns).",
             ),
             consumer_lag,
             batch_linger: histogram(
