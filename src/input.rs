@@ -112,7 +112,6 @@ fn json_label(line: &str, field: &str) -> Option<bool> {
     })
 }
 
-/// Whether `path` is read as CSV.
 /// The delimiter of a CSV file from its header line: whichever of `,` `;` tab `|` occurs
 /// most (comma on a tie or none), so semicolon-separated exports (SKAB, Excel in many
 /// locales) read as they are.
@@ -124,6 +123,7 @@ fn sniff_delimiter(header: &str) -> u8 {
         .1
 }
 
+/// Whether `path` is read as CSV.
 pub fn is_csv(path: &Path, format: InputFormat) -> bool {
     match format {
         InputFormat::Csv => true,

@@ -505,22 +505,30 @@ fn likelihood_state_survives_a_graceful_restart() {
     let store = dir.path().join("models");
     let config = likelihood_config(&store);
     let t = Topics::fresh("likelihood", 1);
+    // One run of the daemon: `records` produced, all scored and their outputs delivered,
+    // then SIGTERM. Returns the logs.
+    let run = |records: &[(i32, Option<String>, Vec<u8>)]| {
+        produce(&t.input, records);
+        let mut daemon = Daemon::start(dir.path(), &format!("{}{config}", t.kafka_toml()));
+        let n = records.len() as f64;
+        for metric in [
+            "anomalyd_records_scored_total",
+            "anomalyd_messages_produced_total",
+        ] {
+            daemon.wait_metric(metric, Duration::from_secs(180), |v| v >= n);
+        }
+        let (status, logs) = daemon.terminate(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "SIGTERM exits 0, got {status}; logs:\n{logs}"
+        );
+        logs
+    };
     // Phase 1: 600 records per key, past the likelihood's 300-record warm-up.
     let first: Vec<_> = (0..600)
         .flat_map(|i| [series_record("a", i, None), series_record("b", i, None)])
         .collect();
-    produce(&t.input, &first);
-    let mut daemon = Daemon::start(dir.path(), &format!("{}{config}", t.kafka_toml()));
-    daemon.wait_metric(
-        "anomalyd_records_scored_total",
-        Duration::from_secs(180),
-        |v| v >= first.len() as f64,
-    );
-    let (status, logs) = daemon.terminate(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "SIGTERM exits 0, got {status}; logs:\n{logs}"
-    );
+    let logs = run(&first);
     assert!(
         store.join("likelihood.state").is_file(),
         "no likelihood state saved; logs:\n{logs}"
@@ -534,23 +542,7 @@ fn likelihood_state_survives_a_graceful_restart() {
         .collect();
     second.push(series_record("a", 620, Some(50.0)));
     let spike_offset = (first.len() + second.len() - 1) as i64;
-    let mut daemon = Daemon::start(dir.path(), &format!("{}{config}", t.kafka_toml()));
-    produce(&t.input, &second);
-    daemon.wait_metric(
-        "anomalyd_records_scored_total",
-        Duration::from_secs(60),
-        |v| v >= second.len() as f64,
-    );
-    daemon.wait_metric(
-        "anomalyd_messages_produced_total",
-        Duration::from_secs(60),
-        |v| v >= second.len() as f64,
-    );
-    let (status, logs) = daemon.terminate(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "SIGTERM exits 0, got {status}; logs:\n{logs}"
-    );
+    let logs = run(&second);
     let alerts: Vec<serde_json::Value> = read_all(&t.alerts, 1).iter().map(|m| m.json()).collect();
     let spike = alerts
         .iter()
@@ -560,5 +552,9 @@ fn likelihood_state_survives_a_graceful_restart() {
     assert!(
         spike["likelihood"].as_f64().is_some_and(|l| l >= 0.5),
         "{spike}"
+    );
+    assert!(
+        logs.contains("restored the anomaly likelihood state") && logs.contains("\"keys\":2"),
+        "logs:\n{logs}"
     );
 }

@@ -262,14 +262,18 @@ impl Detector {
         self.score_scaled(&self.scaled(rows))
     }
 
+    /// `(score - center) / (threshold - center)`, or `None` when the span is 0 (every
+    /// calibration score equal) or not finite.
+    fn calibrated(&self, score: f32, threshold: f32) -> Option<f64> {
+        let center = f64::from(self.meta.center);
+        let span = f64::from(threshold) - center;
+        (span.abs() > f64::from(f32::EPSILON) && span.is_finite())
+            .then(|| (f64::from(score) - center) / span)
+    }
+
     /// `(score - center) / (threshold - center)`: 0 for a typical record, 1 at the threshold.
     pub fn normalize(&self, score: f32, threshold: f32) -> f32 {
-        let span = threshold - self.meta.center;
-        if span.abs() > f32::EPSILON {
-            (score - self.meta.center) / span
-        } else {
-            0.0
-        }
+        self.calibrated(score, threshold).map_or(0.0, |v| v as f32)
     }
 
     /// What a key's anomaly likelihood is fed: the score in this model's calibrated units,
@@ -281,14 +285,8 @@ impl Detector {
     /// catches up.) With a zero span (every calibration score equal) it is the offset
     /// score, so a change still shows.
     pub fn likelihood_input(&self, score: f32) -> f64 {
-        let center = f64::from(self.meta.center);
-        let span = f64::from(self.threshold()) - center;
-        let offset = f64::from(score) - center;
-        if span.abs() > f64::from(f32::EPSILON) && span.is_finite() {
-            offset / span
-        } else {
-            offset
-        }
+        self.calibrated(score, self.threshold())
+            .unwrap_or_else(|| f64::from(score) - f64::from(self.meta.center))
     }
 
     pub fn var_store(&self) -> &nn::VarStore {

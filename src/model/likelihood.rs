@@ -319,22 +319,14 @@ impl Keyed {
         self.evictions
     }
 
-    pub fn params(&self) -> LikelihoodParams {
-        self.params
-    }
-
     /// Every key's state, least recently seen first, in a compact binary form
     /// ([postcard](https://docs.rs/postcard)) that [`Self::from_snapshot`] reads back.
     pub fn snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
+        // Borrowed, not cloned: the states can be large (about 70 KB a key).
         let snapshot = Snapshot {
-            format: SNAPSHOT_FORMAT.into(),
+            format: SNAPSHOT_FORMAT,
             params: self.params,
-            keys: self
-                .by_key
-                .iter()
-                .rev()
-                .map(|(k, l)| (k.clone(), l.clone()))
-                .collect(),
+            keys: self.by_key.iter().rev().map(|(k, l)| (&**k, l)).collect(),
         };
         postcard::to_stdvec(&snapshot)
     }
@@ -348,7 +340,8 @@ impl Keyed {
         params: LikelihoodParams,
         max_keys: usize,
     ) -> Result<Self, SnapshotError> {
-        let snapshot: Snapshot = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
+        let snapshot: Snapshot<String, Box<str>, Likelihood> =
+            postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
         if snapshot.format != SNAPSHOT_FORMAT {
             return Err(SnapshotError::Format(snapshot.format));
         }
@@ -366,11 +359,13 @@ impl Keyed {
 /// Identifies [`Keyed::snapshot`]'s layout; a reader refuses other layouts.
 const SNAPSHOT_FORMAT: &str = "anomalyd.likelihood.v1";
 
+/// Written with borrowed fields (`&str`, `&Likelihood`), read into owned ones: the same
+/// bytes either way.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Snapshot {
-    format: String,
+struct Snapshot<F, K, L> {
+    format: F,
     params: LikelihoodParams,
-    keys: Vec<(Box<str>, Likelihood)>,
+    keys: Vec<(K, L)>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -46,15 +46,10 @@ pub fn versions(store: &Path) -> Result<Vec<u64>, ModelError> {
     Ok(out)
 }
 
-/// Writes `bytes` as the store's likelihood state: a temporary file, then a rename, so a
-/// crash leaves the previous state whole.
+/// Writes `bytes` as the store's likelihood state (atomically).
 pub fn save_likelihood(store: &Path, bytes: &[u8]) -> Result<PathBuf, ModelError> {
     std::fs::create_dir_all(store).map_err(io(store))?;
-    let tmp = store.join(format!(".{LIKELIHOOD_STATE}.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    let dest = store.join(LIKELIHOOD_STATE);
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
-    Ok(dest)
+    write_atomic(store, LIKELIHOOD_STATE, bytes)
 }
 
 /// The saved likelihood state, if the store has one.
@@ -97,9 +92,17 @@ pub fn set_current(store: &Path, version: u64) -> Result<(), ModelError> {
             store.display()
         )));
     }
-    let tmp = store.join(format!(".{CURRENT}.{}", std::process::id()));
-    std::fs::write(&tmp, format!("{version}\n")).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, store.join(CURRENT)).map_err(io(store))
+    write_atomic(store, CURRENT, format!("{version}\n").as_bytes()).map(|_| ())
+}
+
+/// Writes the file `name` in `store` through a temporary file and a rename, so a crash
+/// leaves the previous file whole.
+fn write_atomic(store: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, ModelError> {
+    let tmp = store.join(format!(".{name}.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    let dest = store.join(name);
+    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    Ok(dest)
 }
 
 /// The version to serve: the one `CURRENT` names when it exists, else the newest.

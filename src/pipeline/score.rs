@@ -248,16 +248,19 @@ impl Scorer {
     /// saved state, or with one saved under other `[threshold.likelihood]` settings, the
     /// keys start afresh (logged).
     pub fn restore_likelihood(&mut self) {
-        let (Some(dir), Some(current)) = (&self.settings.store_dir, &self.likelihood) else {
-            return;
-        };
-        let ThresholdSpec::Likelihood { max_keys, .. } = self.settings.threshold else {
+        let (
+            Some(dir),
+            ThresholdSpec::Likelihood {
+                params, max_keys, ..
+            },
+        ) = (&self.settings.store_dir, self.settings.threshold)
+        else {
             return;
         };
         let path = dir.join(store::LIKELIHOOD_STATE);
         match store::read_likelihood(dir) {
             Ok(None) => {}
-            Ok(Some(bytes)) => match Keyed::from_snapshot(&bytes, current.params(), max_keys) {
+            Ok(Some(bytes)) => match Keyed::from_snapshot(&bytes, params, max_keys) {
                 Ok(keyed) => {
                     tracing::info!(keys = keyed.keys(), path = %path.display(),
                         "restored the anomaly likelihood state");
