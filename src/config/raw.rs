@@ -286,6 +286,18 @@ pub struct RawLikelihood {
     pub red: f64,
     pub spatial_tolerance: f64,
     pub max_keys: usize,
+    pub input: LikelihoodInput,
+    pub memory: usize,
+}
+
+/// What each key's anomaly likelihood is fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LikelihoodInput {
+    /// The model's score, in its calibrated units.
+    Score,
+    /// The key's window discord distance (window mode).
+    Discord,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::ConfigError;
 use super::raw::{
     Activation, ConcreteParams, ContractiveParams, DenoisingParams, DeviceChoice, InputMode,
-    LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, Role, ScalerKind, SparseParams,
-    ThresholdKind, TorchScriptParams, VaeParams,
+    LikelihoodInput, LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, Role, ScalerKind,
+    SparseParams, ThresholdKind, TorchScriptParams, VaeParams,
 };
 use crate::model::likelihood::LikelihoodParams;
 
@@ -503,6 +503,19 @@ impl Settings {
                                 differences: false, ..
                             } if tol > 0.0 => Some(tol),
                             _ => None,
+                        },
+                        discord: match l.input {
+                            LikelihoodInput::Score => None,
+                            LikelihoodInput::Discord => {
+                                if !matches!(input.shape, InputShape::Window { .. }) {
+                                    return Err(ConfigError::invalid(
+                                        "threshold.likelihood.input",
+                                        "\"discord\" compares a key's windows: it needs \
+                                         input.mode = \"window\"",
+                                    ));
+                                }
+                                Some(positive("threshold.likelihood.memory", l.memory)?)
+                            }
                         },
                     },
                     max_keys: positive("threshold.likelihood.max_keys", l.max_keys)?,

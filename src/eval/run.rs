@@ -273,8 +273,9 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
                     .iter()
                     .enumerate()
                     .map(|(i, &s)| {
-                        l.update(
+                        l.update_record(
                             det.likelihood_input(s),
+                            &data.vectors[i * dim..(i + 1) * dim],
                             value.map(|f| f64::from(data.vectors[i * dim + f])),
                         )
                     })

@@ -76,6 +76,8 @@
 
 use std::collections::VecDeque;
 
+use crate::model::discord::Discord;
+
 /// Output level at which to alert: "`q = red`" with the default `red = 1e-5`, since
 /// `out ≈ ln(q')/ln(1e-10)`. Because of the `1e-10` offset, `q' = 1e-5` itself gives
 /// `0.4999996`. The red-run filter lets only the first record of a run reach it.
@@ -110,6 +112,9 @@ pub struct LikelihoodParams {
     /// Value-range check: a value more than `spatial_tolerance·(max − min)` outside the
     /// range of the earlier values gives `1.0`. `None` turns the check off.
     pub spatial_tolerance: Option<f64>,
+    /// Feed the series' window discord distance ([`crate::model::discord`]) over this many
+    /// earlier windows instead of the model's score. `None` feeds the score.
+    pub discord: Option<usize>,
 }
 
 impl Default for LikelihoodParams {
@@ -122,6 +127,7 @@ impl Default for LikelihoodParams {
             red: 1e-5,
             yellow: 1e-3,
             spatial_tolerance: Some(0.05),
+            discord: None,
         }
     }
 }
@@ -178,6 +184,8 @@ pub struct Likelihood {
     previous_tail: f64,
     /// `(min, max)` of the values seen so far, if the value-range check is on.
     range: Option<(f64, f64)>,
+    /// The series' recent windows, when the likelihood is fed their discord distance.
+    discord: Option<Discord>,
 }
 
 impl Likelihood {
@@ -194,7 +202,19 @@ impl Likelihood {
             fit: None,
             previous_tail: 1.0,
             range: None,
+            discord: params.discord.map(Discord::new),
         }
+    }
+
+    /// [`Self::update`] for a record: with [`LikelihoodParams::discord`] set, the score fed
+    /// is the discord distance of the record's `window` (its feature vector), and `score`
+    /// is not used.
+    pub fn update_record(&mut self, score: f64, window: &[f32], value: Option<f64>) -> f64 {
+        let input = match &mut self.discord {
+            Some(d) => d.update(window),
+            None => score,
+        };
+        self.update(input, value)
     }
 
     /// Takes the next record's raw score, and its raw value for the value-range check,
@@ -296,14 +316,21 @@ impl Keyed {
         }
     }
 
-    /// Feeds `key`'s next score (and raw value, for the range check); returns its output.
-    pub fn update(&mut self, key: Option<&str>, score: f64, value: Option<f64>) -> f64 {
+    /// Feeds `key`'s next record ([`Likelihood::update_record`]: its score, or its
+    /// window's discord distance; its raw value for the range check); returns its output.
+    pub fn update(
+        &mut self,
+        key: Option<&str>,
+        score: f64,
+        window: &[f32],
+        value: Option<f64>,
+    ) -> f64 {
         let key = key.unwrap_or_default();
         if let Some(l) = self.by_key.get_mut(key) {
-            return l.update(score, value);
+            return l.update_record(score, window, value);
         }
         let mut l = Likelihood::new(self.params);
-        let out = l.update(score, value);
+        let out = l.update_record(score, window, value);
         if self.by_key.push(key.into(), l).is_some() {
             self.evictions += 1; // the key is new, so what came back was evicted
         }
@@ -357,7 +384,7 @@ impl Keyed {
 }
 
 /// Identifies [`Keyed::snapshot`]'s layout; a reader refuses other layouts.
-const SNAPSHOT_FORMAT: &str = "anomalyd.likelihood.v1";
+const SNAPSHOT_FORMAT: &str = "anomalyd.likelihood.v2";
 
 /// Written with borrowed fields (`&str`, `&Likelihood`), read into owned ones: the same
 /// bytes either way.
@@ -457,6 +484,7 @@ mod tests {
                 red: v.params.red,
                 yellow: v.params.yellow,
                 spatial_tolerance: v.params.spatial_tol,
+                discord: None,
             });
             assert_eq!(v.scores.len(), v.expected.len(), "{}", v.name);
             for (i, (&score, &expected)) in v.scores.iter().zip(&v.expected).enumerate() {
@@ -638,52 +666,67 @@ mod tests {
         let mut keyed = Keyed::new(params(100), 2);
         for i in 0..400 {
             assert_eq!(
-                keyed.update(Some("a"), a[i], None),
+                keyed.update(Some("a"), a[i], &[], None),
                 alone_a.update(a[i], None)
             );
             assert_eq!(
-                keyed.update(Some("b"), b[i], None),
+                keyed.update(Some("b"), b[i], &[], None),
                 alone_b.update(b[i], None)
             );
         }
         assert_eq!(keyed.keys(), 2);
-        keyed.update(None, 1.0, None);
+        keyed.update(None, 1.0, &[], None);
         assert_eq!(keyed.keys(), 2, "bounded");
         assert_eq!(keyed.evictions(), 1);
         // "a" was the least recently seen: it starts over with a new warm-up.
-        assert_eq!(keyed.update(Some("a"), 1e6, None), 0.0);
+        assert_eq!(keyed.update(Some("a"), 1e6, &[], None), 0.0);
     }
 
     #[test]
     fn a_snapshot_continues_every_key_exactly_and_refuses_other_settings() {
+        let (a, b) = (normal_scores(900, 3), normal_scores(900, 4));
+        // Fed scores, and fed discords (the windows' memory is part of the state).
+        for discord in [None, Some(50)] {
+            let p = LikelihoodParams {
+                spatial_tolerance: Some(0.05),
+                discord,
+                ..params(100)
+            };
+            let feed = |k: &mut Keyed, i: usize| {
+                let value = Some((i as f64 * 0.1).sin());
+                let (wa, wb) = ([a[i] as f32, 1.0], [b[i] as f32, (i % 7) as f32]);
+                (
+                    k.update(Some("a"), a[i], &wa, value),
+                    k.update(Some("b"), b[i] * 3.0, &wb, value),
+                )
+            };
+            let mut uninterrupted = Keyed::new(p, 10);
+            let mut first = Keyed::new(p, 10);
+            for i in 0..500 {
+                assert_eq!(feed(&mut uninterrupted, i), feed(&mut first, i));
+            }
+            let bytes = first.snapshot().expect("snapshot");
+            let mut restored = Keyed::from_snapshot(&bytes, p, 10).expect("restore");
+            assert_eq!(restored.keys(), 2);
+            let mut fresh = Keyed::new(p, 10);
+            let mut differs = false;
+            for i in 500..900 {
+                let expected = feed(&mut uninterrupted, i);
+                assert_eq!(feed(&mut restored, i), expected, "{discord:?} record {i}");
+                differs |= feed(&mut fresh, i) != expected;
+            }
+            assert!(differs, "a fresh state would have judged differently");
+        }
         let p = LikelihoodParams {
             spatial_tolerance: Some(0.05),
             ..params(100)
         };
-        let (a, b) = (normal_scores(900, 3), normal_scores(900, 4));
-        let feed = |k: &mut Keyed, i: usize| {
-            let value = Some((i as f64 * 0.1).sin());
-            (
-                k.update(Some("a"), a[i], value),
-                k.update(Some("b"), b[i] * 3.0, value),
-            )
-        };
-        let mut uninterrupted = Keyed::new(p, 10);
         let mut first = Keyed::new(p, 10);
-        for i in 0..500 {
-            assert_eq!(feed(&mut uninterrupted, i), feed(&mut first, i));
+        for i in 0..10 {
+            first.update(Some("a"), 1.0, &[], None);
+            first.update(Some("b"), i as f64, &[], None);
         }
         let bytes = first.snapshot().expect("snapshot");
-        let mut restored = Keyed::from_snapshot(&bytes, p, 10).expect("restore");
-        assert_eq!(restored.keys(), 2);
-        let mut fresh = Keyed::new(p, 10);
-        let mut differs = false;
-        for i in 500..900 {
-            let expected = feed(&mut uninterrupted, i);
-            assert_eq!(feed(&mut restored, i), expected, "record {i}");
-            differs |= feed(&mut fresh, i) != expected;
-        }
-        assert!(differs, "a fresh state would have judged differently");
         // The least recently seen order survives: with room for one key, "b" (the later
         // one) is kept.
         let one = Keyed::from_snapshot(&bytes, p, 1).expect("restore");
@@ -693,9 +736,54 @@ mod tests {
         let other = LikelihoodParams { history: 500, ..p };
         let err = Keyed::from_snapshot(&bytes, other, 10).expect_err("other settings");
         assert!(matches!(err, SnapshotError::Params(_)), "{err}");
+        let fed_discords = LikelihoodParams {
+            discord: Some(50),
+            ..p
+        };
+        let err = Keyed::from_snapshot(&bytes, fed_discords, 10).expect_err("other input");
+        assert!(matches!(err, SnapshotError::Params(_)), "{err}");
         assert!(matches!(
             Keyed::from_snapshot(b"garbage", p, 10),
             Err(SnapshotError::Decode(_))
         ));
+    }
+
+    /// Fed discords, a periodic series alerts on a shape it has never shown, inside its
+    /// range (so the value-range check cannot see it), and stays quiet before it.
+    #[test]
+    fn fed_discords_a_new_shape_alerts_and_the_known_ones_do_not() {
+        let w = 16;
+        // A wave with a little noise that never repeats exactly (a repeat would make the
+        // distance exactly 0, itself a change the two-sided tail reports).
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut values: Vec<f64> = (0..2000)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let noise = (state >> 11) as f64 / (1u64 << 53) as f64;
+                (i as f64 * std::f64::consts::TAU / 50.0).sin() + 0.02 * noise
+            })
+            .collect();
+        for v in &mut values[1500..1520] {
+            *v = 0.0; // a flat stretch where the wave should be
+        }
+        let mut lik = Likelihood::new(LikelihoodParams {
+            discord: Some(1000),
+            ..params(300)
+        });
+        let out: Vec<f64> = (0..values.len())
+            .map(|t| {
+                let window: Vec<f32> = (0..w)
+                    .map(|k| values[(t + k + 1).saturating_sub(w)] as f32)
+                    .collect();
+                lik.update_record(f64::NAN, &window, Some(values[t]))
+            })
+            .collect();
+        let alerts: Vec<usize> = (0..out.len()).filter(|&t| out[t] >= ALERT_LEVEL).collect();
+        assert!(
+            !alerts.is_empty() && alerts.iter().all(|t| (1500..1540).contains(t)),
+            "{alerts:?}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod detector;
 pub mod device;
+pub mod discord;
 pub mod likelihood;
 pub mod network;
 pub mod scaler;

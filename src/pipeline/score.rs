@@ -540,6 +540,7 @@ fn score_batch(
             let l = k.update(
                 batch.metas[i].key.as_deref(),
                 det.likelihood_input(s),
+                &batch.features[i * dim..(i + 1) * dim],
                 value,
             );
             anomaly = l >= ALERT_LEVEL;
@@ -682,11 +683,11 @@ mod tests {
         let alerts_after_switch = |input: &dyn Fn(&Detector, f32) -> f64| {
             let mut keyed = Keyed::new(LikelihoodParams::default(), 10);
             for &s in &sa {
-                keyed.update(Some("k"), input(&a, s), None);
+                keyed.update(Some("k"), input(&a, s), &[], None);
             }
             let out = sb
                 .iter()
-                .map(|&s| keyed.update(Some("k"), input(&b, s), None));
+                .map(|&s| keyed.update(Some("k"), input(&b, s), &[], None));
             out.enumerate()
                 .filter(|&(_, l)| l >= ALERT_LEVEL)
                 .map(|(i, _)| i)
