@@ -117,24 +117,44 @@ fn bench(c: &mut Criterion) {
     });
 
     // threshold.kind = "likelihood": one update per record, 100 keys interleaved, past the
-    // warm-up (the re-estimate every 100 records is included in the average).
-    let mut keyed = Keyed::new(LikelihoodParams::default(), 1000);
+    // warm-up (the re-estimate every 100 records is included in the average). Fed the
+    // score, and fed the discord of a 16-value window (memory 2000, full).
     let keys: Vec<String> = (0..100).map(|k| format!("node-{k}")).collect();
-    let mut i = 0usize;
-    for _ in 0..100_000 {
-        keyed.update(Some(&keys[i % 100]), 0.1 + (i % 7) as f64 * 0.01, Some(1.0));
-        i += 1;
+    let series: Vec<f32> = (0..5016)
+        .map(|i| (i as f32 * 0.37).sin() + (i % 11) as f32 * 0.1)
+        .collect();
+    let window = |i: usize| {
+        let j = i % 5000;
+        &series[j..j + 16]
+    };
+    for (name, discord) in [
+        ("likelihood_update_100_keys", None),
+        ("likelihood_discord_w16_m2000_100_keys", Some(2000)),
+    ] {
+        let params = LikelihoodParams {
+            discord,
+            ..LikelihoodParams::default()
+        };
+        let mut keyed = Keyed::new(params, 1000);
+        let mut i = 0usize;
+        let update = |keyed: &mut Keyed, i: usize| {
+            let score = 0.1 + (i % 7) as f64 * 0.01;
+            keyed.update(Some(&keys[i % 100]), score, window(i / 100), Some(1.0))
+        };
+        for _ in 0..100 * 2100 {
+            update(&mut keyed, i);
+            i += 1;
+        }
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for _ in 0..BATCH {
+                    black_box(update(&mut keyed, i));
+                    i += 1;
+                }
+            })
+        });
     }
-    g.throughput(Throughput::Elements(BATCH as u64));
-    g.bench_function("likelihood_update_100_keys", |b| {
-        b.iter(|| {
-            for _ in 0..BATCH {
-                let score = 0.1 + (i % 7) as f64 * 0.01;
-                black_box(keyed.update(Some(&keys[i % 100]), score, Some(1.0)));
-                i += 1;
-            }
-        })
-    });
     g.finish();
 }
 

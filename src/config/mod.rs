@@ -191,4 +191,26 @@ mod tests {
         let err = load(Some(&path)).expect_err("unknown scaler").to_string();
         assert!(err.contains("scaler") && err.contains("minmax"), "{err}");
     }
+
+    #[test]
+    fn discord_input_is_read_and_needs_window_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        let lik = "[threshold]\nkind = \"likelihood\"\n\
+                   [threshold.likelihood]\ninput = \"discord\"\nmemory = 500\n";
+        let window = "[input]\nmode = \"window\"\nfeatures = [\"value\"]\n";
+        std::fs::write(&path, format!("{window}{lik}")).expect("write");
+        let s = load(Some(&path)).expect("valid");
+        let ThresholdSpec::Likelihood { params, .. } = s.threshold else {
+            panic!("{:?}", s.threshold);
+        };
+        assert_eq!(params.discord, Some(500));
+
+        std::fs::write(&path, lik).expect("write");
+        let err = load(Some(&path)).expect_err("fields mode").to_string();
+        assert!(err.contains("threshold.likelihood.input"), "{err}");
+        std::fs::write(&path, format!("{window}{lik}").replace("500", "0")).expect("write");
+        let err = load(Some(&path)).expect_err("no memory").to_string();
+        assert!(err.contains("threshold.likelihood.memory"), "{err}");
+    }
 }
