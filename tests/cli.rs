@@ -286,42 +286,51 @@ fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
     assert!(store.join("v000001/weights.safetensors").is_file());
 }
 
+/// Fed the model's scores, and fed window discords. The discord run has the value-range
+/// check off, so its alert on the jump comes from the discords alone.
 #[test]
 fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_, lines) = score_nab_fixture(
-        dir.path(),
-        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
-         [input.window]\nsize = 16\n\
-         [model]\nwarmup_records = 600\nepochs = 20\nthreads = 1\n\
-         [threshold]\nkind = \"likelihood\"\n[threshold.likelihood]\nwarmup = 600\n",
-    );
-    assert_eq!(lines.len(), 4032);
-    let likelihood: Vec<f64> = lines
-        .iter()
-        .map(|v| v["likelihood"].as_f64().expect("likelihood field"))
-        .collect();
-    assert!(likelihood.iter().all(|l| (0.0..=1.0).contains(l)));
-    assert!(
-        likelihood[..600].iter().all(|&l| l == 0.0),
-        "silent during the key's warm-up"
-    );
-    let alerts: Vec<usize> = (0..lines.len())
-        .filter(|&i| lines[i]["is_anomaly"] == true)
-        .collect();
-    for &i in &alerts {
-        assert!(likelihood[i] >= 0.5, "alert {i} decided by the likelihood");
+    for input in [
+        "input = \"score\"\n",
+        "input = \"discord\"\nspatial_tolerance = 0.0\n",
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, lines) = score_nab_fixture(
+            dir.path(),
+            &format!(
+                "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
+                 [input.window]\nsize = 16\n\
+                 [model]\nwarmup_records = 600\nepochs = 20\nthreads = 1\n\
+                 [threshold]\nkind = \"likelihood\"\n[threshold.likelihood]\nwarmup = 600\n{input}"
+            ),
+        );
+        assert_eq!(lines.len(), 4032);
+        let likelihood: Vec<f64> = lines
+            .iter()
+            .map(|v| v["likelihood"].as_f64().expect("likelihood field"))
+            .collect();
+        assert!(likelihood.iter().all(|l| (0.0..=1.0).contains(l)));
+        assert!(
+            likelihood[..600].iter().all(|&l| l == 0.0),
+            "silent during the key's warm-up"
+        );
+        let alerts: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i]["is_anomaly"] == true)
+            .collect();
+        for &i in &alerts {
+            assert!(likelihood[i] >= 0.5, "alert {i} decided by the likelihood");
+        }
+        let in_window = alerts
+            .iter()
+            .filter(|&&i| in_labelled_window(&lines[i]))
+            .count();
+        println!("{input:?}: alerts at {alerts:?}, {in_window} inside the labelled window");
+        assert!(in_window >= 1, "{input:?}: the labelled jump alerts");
+        assert!(
+            alerts.len() <= 20,
+            "{input:?}: a run of unlikely scores alerts once, not per record: {alerts:?}"
+        );
     }
-    let in_window = alerts
-        .iter()
-        .filter(|&&i| in_labelled_window(&lines[i]))
-        .count();
-    println!("alerts at {alerts:?}, {in_window} inside the labelled window");
-    assert!(in_window >= 1, "the labelled jump alerts");
-    assert!(
-        alerts.len() <= 20,
-        "a run of unlikely scores alerts once, not per record: {alerts:?}"
-    );
 }
 
 #[test]
