@@ -49,6 +49,22 @@ fn score_nab_fixture(dir: &std::path::Path, config: &str) -> (Output, Vec<serde_
     (out, lines)
 }
 
+/// `anomalyd eval --config CFG ARGS... --report DIR/report.json`, which must succeed: the
+/// run, and its report.
+fn eval(dir: &std::path::Path, cfg: &str, args: &[&str]) -> (Output, serde_json::Value) {
+    let report = dir.join("report.json");
+    let report_arg = report.to_str().expect("path");
+    let argv: Vec<&str> = ["eval", "--config", cfg]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--report", report_arg])
+        .collect();
+    let out = anomalyd(&argv, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    (out, r)
+}
+
 /// Whether a score line's timestamp lies in the fixture's labelled anomaly window.
 fn in_labelled_window(line: &serde_json::Value) -> bool {
     let ts = line["timestamp"].as_str().expect("ts");
@@ -234,27 +250,19 @@ fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
     );
     let input = common::fixture("nab/art_daily_jumpsup.csv");
     let labels = common::fixture("nab/labels.json");
-    let report = dir.path().join("report.json");
     let plots = dir.path().join("plots");
-    let out = anomalyd(
+    let (out, r) = eval(
+        dir.path(),
+        &cfg,
         &[
-            "eval",
-            "--config",
-            &cfg,
             "--input",
             input.to_str().expect("p"),
             "--labels",
             labels.to_str().expect("p"),
             "--plot",
             plots.to_str().expect("p"),
-            "--report",
-            report.to_str().expect("p"),
         ],
-        &[],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
     let f = &r["files"][0];
     assert_eq!(f["rows"], 4032);
     assert_eq!(f["train_rows"], 605, "15% of the series trains the model");
@@ -353,24 +361,16 @@ fn eval_skips_a_file_it_cannot_train_on_and_reports_the_rest() {
     }
     std::fs::write(&flat, text).expect("write");
     let input = common::fixture("nab/art_daily_jumpsup.csv");
-    let report = dir.path().join("report.json");
-    let out = anomalyd(
+    let (out, r) = eval(
+        dir.path(),
+        &cfg,
         &[
-            "eval",
-            "--config",
-            &cfg,
             "--input",
             flat.to_str().expect("p"),
             "--input",
             input.to_str().expect("p"),
-            "--report",
-            report.to_str().expect("p"),
         ],
-        &[],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
     assert_eq!(r["files"].as_array().expect("files").len(), 1);
     assert_eq!(r["files"][0]["rows"], 4032);
     let skipped = &r["skipped"][0];
