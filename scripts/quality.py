@@ -81,10 +81,6 @@ NAB_LIKELIHOOD = [f"{v}_{LIK}" for v in VARIANTS]
 # discord distances, whatever the model (its kind only changes AUROC/AUPRC, so one row runs
 # the cheapest, `pca`). The row at the default memory, and a window x memory grid around it.
 NAB_DISCORD_GRID = [(w, m) for w in (8, 16, 32) for m in (500, 2000, 8640)]
-
-
-def discord_job(size, memory):
-    return f"nab_discord_w{size}_m{memory}"
 PYOD_MODELS = {"ae": "PyOD AutoEncoder", "iforest": "PyOD IForest"}
 
 
@@ -110,6 +106,11 @@ def likelihood_params():
 def discord_memory():
     """config/default.toml's `[threshold.likelihood] memory`: the discord row's."""
     return likelihood_params()["memory"]
+
+
+def discord_job(size, memory):
+    """Job (and config) name of the discord row with this window length and memory."""
+    return f"nab_discord_w{size}_m{memory}"
 
 
 def likelihood(scores, values, train_rows):
@@ -376,15 +377,16 @@ def prepare(data, work, epochs):
     nab_in = lambda diff, size=NAB_WINDOW: (  # noqa: E731
         '[input]\nmode = "window"\nfeatures = ["value"]\ntimestamp_field = "timestamp"\n'
         f"[input.window]\nsize = {size}\ndifferences = {str(diff).lower()}\n")
-    lik = 'kind = "likelihood"\n\n[threshold.likelihood]\n' + "".join(
-        f"{k} = {v!r}\n" for k, v in likelihood_params().items())
+    def lik_block(**override):
+        return 'kind = "likelihood"\n\n[threshold.likelihood]\n' + "".join(
+            f"{k} = {v!r}\n" for k, v in {**likelihood_params(), **override}.items())
+    lik = lik_block()
     for v in VARIANTS:
         config(f"nab_{v}", nab_in(False), v)
         config(f"nab_{v}_{LIK}", nab_in(False, NAB_LIK_WINDOW), v, lik)
     for size, memory in NAB_DISCORD_GRID:
         config(discord_job(size, memory), nab_in(False, size), "pca",
-               lik.replace("input = 'score'", "input = 'discord'")
-               .replace(f"memory = {discord_memory()}\n", f"memory = {memory}\n"))
+               lik_block(input="discord", memory=memory))
     config("nab_dense_diff", nab_in(True), "dense")
     config("nab_dense_spot", nab_in(False), "dense",
            f'kind = "spot"\nrisk = 0.0001\ninit_level = {NAB_SPOT_INIT_LEVEL}')

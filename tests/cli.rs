@@ -341,6 +341,35 @@ fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
     }
 }
 
+/// `anomalyd eval` feeds the likelihood the discords too: with the value-range check off,
+/// the fixture's jump is found from them alone (fed nothing, every output would be 0 and
+/// the NAB score at most the null detector's 0).
+#[test]
+fn eval_with_the_discord_input_finds_the_jump() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
+         [input.window]\nsize = 16\n[model]\nepochs = 5\nthreads = 1\n\
+         [threshold]\nkind = \"likelihood\"\n\
+         [threshold.likelihood]\ninput = \"discord\"\nspatial_tolerance = 0.0\n",
+    );
+    let input = common::fixture("nab/art_daily_jumpsup.csv");
+    let labels = common::fixture("nab/labels.json");
+    let (_, r) = eval(
+        dir.path(),
+        &cfg,
+        &[
+            "--input",
+            input.to_str().expect("p"),
+            "--labels",
+            labels.to_str().expect("p"),
+        ],
+    );
+    let standard = r["nab"]["standard"].as_f64().expect("nab score");
+    assert!(standard > 90.0, "NAB standard {standard}");
+}
+
 #[test]
 fn eval_skips_a_file_it_cannot_train_on_and_reports_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");

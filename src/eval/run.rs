@@ -273,10 +273,11 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
                     .iter()
                     .enumerate()
                     .map(|(i, &s)| {
+                        let row = &data.vectors[i * dim..(i + 1) * dim];
                         l.update_record(
                             det.likelihood_input(s),
-                            &data.vectors[i * dim..(i + 1) * dim],
-                            value.map(|f| f64::from(data.vectors[i * dim + f])),
+                            row,
+                            value.map(|f| f64::from(row[f])),
                         )
                     })
                     .collect();

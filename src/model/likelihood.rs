@@ -14,6 +14,10 @@
 //! optionally the raw value `v_t`, with `P` = [`LikelihoodParams::warmup`] and the
 //! learning skip `L = ⌊P/2⌋`:
 //!
+//! 0. **Input.** `s_t` is the model's score, or, with [`LikelihoodParams::discord`] set,
+//!    the discord distance of the record's window ([`crate::model::discord`];
+//!    [`Likelihood::update_record`]). Everything below is the same for both.
+//!
 //! 1. **Short-term mean.** `a_t` is the mean of the last `min(t+1, average)` raw scores.
 //! 2. **Warm-up.** For `t < P` the output is `0.0`. Steps 3–6 are skipped.
 //! 3. **Gaussian re-estimate.** This happens when `t == P` or `t % reestimate == 0`. The
@@ -72,7 +76,9 @@
 //! buffers, of `average` and of `history` `f64`s (about 69 KiB with the defaults), and a
 //! few scalars. Running sums of `a` and `a²` would make the re-estimate O(1). But
 //! `E[a²] − μ²` cancels catastrophically when `σ ≪ |μ|`, and a constant series could then
-//! get a small non-zero `σ` instead of exactly `0`.
+//! get a small non-zero `σ` instead of exactly `0`. Fed discords, the series also keeps
+//! its window memory, which dominates both the state and the cost (see
+//! [`crate::model::discord`]).
 
 use std::collections::VecDeque;
 

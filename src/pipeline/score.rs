@@ -534,13 +534,12 @@ fn score_batch(
     for (i, &s) in out.scores.iter().enumerate() {
         let (t, mut anomaly) = threshold.judge(s);
         if let Some(k) = keyed.as_deref_mut() {
-            let value = settings
-                .value_feature
-                .map(|f| f64::from(batch.features[i * dim + f]));
+            let row = &batch.features[i * dim..(i + 1) * dim];
+            let value = settings.value_feature.map(|f| f64::from(row[f]));
             let l = k.update(
                 batch.metas[i].key.as_deref(),
                 det.likelihood_input(s),
-                &batch.features[i * dim..(i + 1) * dim],
+                row,
                 value,
             );
             anomaly = l >= ALERT_LEVEL;
