@@ -7,6 +7,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use anomalyd::config::{InputShape, InputSpec, ModelSpec, ThresholdSpec};
 use anomalyd::model::Detector;
+use anomalyd::model::discord::DiscordParams;
 use anomalyd::model::likelihood::{Keyed, LikelihoodParams};
 use anomalyd::pipeline::decode::Decoder;
 use anomalyd::pipeline::output::{encode, score_message};
@@ -118,19 +119,27 @@ fn bench(c: &mut Criterion) {
 
     // threshold.kind = "likelihood": one update per record, 100 keys interleaved, past the
     // warm-up (the re-estimate every 100 records is included in the average). Fed the
-    // score, and fed the discord of a 16-value window (memory 2000, full).
+    // score, and fed the discord of a 16-value window, or of a 32-value one in segments of
+    // 2 (memory 2000, full).
     let keys: Vec<String> = (0..100).map(|k| format!("node-{k}")).collect();
-    let series: Vec<f32> = (0..5016)
+    let series: Vec<f32> = (0..5032)
         .map(|i| (i as f32 * 0.37).sin() + (i % 11) as f32 * 0.1)
         .collect();
-    let window = |i: usize| {
-        let j = i % 5000;
-        &series[j..j + 16]
+    let discord = |segment| {
+        Some(DiscordParams {
+            memory: 2000,
+            segment,
+        })
     };
-    for (name, discord) in [
-        ("likelihood_update_100_keys", None),
-        ("likelihood_discord_w16_m2000_100_keys", Some(2000)),
+    for (name, discord, w) in [
+        ("likelihood_update_100_keys", None, 16),
+        ("likelihood_discord_w16_m2000_100_keys", discord(1), 16),
+        ("likelihood_discord_w32_s2_m2000_100_keys", discord(2), 32),
     ] {
+        let window = |i: usize| {
+            let j = i % 5000;
+            &series[j..j + w]
+        };
         let params = LikelihoodParams {
             discord,
             ..LikelihoodParams::default()

@@ -103,6 +103,7 @@ pub fn render_masked(raw: &RawConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::discord::DiscordParams;
 
     #[test]
     fn embedded_defaults_validate() {
@@ -204,7 +205,14 @@ mod tests {
         let ThresholdSpec::Likelihood { params, .. } = s.threshold else {
             panic!("{:?}", s.threshold);
         };
-        assert_eq!(params.discord, Some(500));
+        assert_eq!(
+            params.discord,
+            Some(DiscordParams {
+                memory: 500,
+                segment: 1
+            })
+        );
+        assert_eq!(params.refractory, 1, "nupic's filter by default");
 
         std::fs::write(&path, lik).expect("write");
         let err = load(Some(&path)).expect_err("fields mode").to_string();
@@ -212,5 +220,25 @@ mod tests {
         std::fs::write(&path, format!("{window}{lik}").replace("500", "0")).expect("write");
         let err = load(Some(&path)).expect_err("no memory").to_string();
         assert!(err.contains("threshold.likelihood.memory"), "{err}");
+        for segment in ["0", "33"] {
+            let text = format!("{window}{lik}segment = {segment}\n");
+            std::fs::write(&path, text).expect("write");
+            let err = load(Some(&path)).expect_err("bad segment").to_string(); // window 32
+            assert!(
+                err.contains("threshold.likelihood.segment"),
+                "{segment}: {err}"
+            );
+        }
+        std::fs::write(
+            &path,
+            format!("{window}{lik}segment = 4\nrefractory = 100\n"),
+        )
+        .expect("write");
+        let ThresholdSpec::Likelihood { params, .. } = load(Some(&path)).expect("valid").threshold
+        else {
+            panic!("likelihood");
+        };
+        assert_eq!(params.discord.map(|d| d.segment), Some(4));
+        assert_eq!(params.refractory, 100);
     }
 }

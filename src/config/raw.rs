@@ -284,10 +284,12 @@ pub struct RawLikelihood {
     pub history: usize,
     pub reestimate: usize,
     pub red: f64,
+    pub refractory: usize,
     pub spatial_tolerance: f64,
     pub max_keys: usize,
     pub input: LikelihoodInput,
     pub memory: usize,
+    pub segment: usize,
 }
 
 /// What each key's anomaly likelihood is fed.

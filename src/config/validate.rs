@@ -11,6 +11,7 @@ use super::raw::{
     LikelihoodInput, LogFormat, ModelKind, OffsetReset, PcaParams, RawConfig, Role, ScalerKind,
     SparseParams, ThresholdKind, TorchScriptParams, VaeParams,
 };
+use crate::model::discord::DiscordParams;
 use crate::model::likelihood::LikelihoodParams;
 
 #[derive(Debug, Clone)]
@@ -496,6 +497,7 @@ impl Settings {
                         reestimate: positive("threshold.likelihood.reestimate", l.reestimate)?,
                         red: in_unit("threshold.likelihood.red", l.red)?,
                         yellow: LikelihoodParams::default().yellow.max(l.red),
+                        refractory: l.refractory,
                         // The range check needs the raw value: window mode without
                         // differences only.
                         spatial_tolerance: match &input.shape {
@@ -504,17 +506,30 @@ impl Settings {
                             } if tol > 0.0 => Some(tol),
                             _ => None,
                         },
-                        discord: match l.input {
-                            LikelihoodInput::Score => None,
-                            LikelihoodInput::Discord => {
-                                if !matches!(input.shape, InputShape::Window { .. }) {
+                        discord: match (l.input, &input.shape) {
+                            (LikelihoodInput::Score, _) => None,
+                            (LikelihoodInput::Discord, InputShape::Window { size, .. }) => {
+                                let segment = positive("threshold.likelihood.segment", l.segment)?;
+                                if segment > *size {
                                     return Err(ConfigError::invalid(
-                                        "threshold.likelihood.input",
-                                        "\"discord\" compares a key's windows: it needs \
-                                         input.mode = \"window\"",
+                                        "threshold.likelihood.segment",
+                                        format!(
+                                            "{segment} is longer than the window \
+                                             (input.window.size = {size})"
+                                        ),
                                     ));
                                 }
-                                Some(positive("threshold.likelihood.memory", l.memory)?)
+                                Some(DiscordParams {
+                                    memory: positive("threshold.likelihood.memory", l.memory)?,
+                                    segment,
+                                })
+                            }
+                            (LikelihoodInput::Discord, _) => {
+                                return Err(ConfigError::invalid(
+                                    "threshold.likelihood.input",
+                                    "\"discord\" compares a key's windows: it needs \
+                                     input.mode = \"window\"",
+                                ));
                             }
                         },
                     },

@@ -28,9 +28,13 @@
 //! 4. **Two-sided tail.** With no estimate, `q = 0.5`. If `σ > 0`, then
 //!    `q = 0.5·erfc(|a_t − μ| / σ / 1.4142)`. The constant is 1.4142, as in nupic, not
 //!    `√2`. If `σ = 0`, then `q = 1` when `a_t == μ` and `q = 0` otherwise.
-//! 5. **Red-run filter.** If `q ≤ red` and the previous record's *unfiltered* `q` was
-//!    also `≤ red`, then `q' = yellow`; otherwise `q' = q`. The previous `q` starts at 1.
-//!    The effect: a run of red records reports only its first record as red.
+//! 5. **Red-run filter.** A record is *red* when its unfiltered `q ≤ red`. If record `t`
+//!    is red and so was one of the `refractory` records before it (`t − t_red ≤
+//!    refractory`, with `t_red` the last red record), then `q' = yellow`; otherwise
+//!    `q' = q`. With the default `refractory = 1` this is nupic's filter: a run of red
+//!    records reports only its first record as red. A longer `refractory` also folds reds
+//!    a few quiet records apart into one alert: an episode ends after `refractory`
+//!    records without a red. `0` turns the filter off.
 //! 6. **Log scale.** `out = ln(1.0000000001 − (1 − q')) / ln(1 − 0.9999999999)`. This is
 //!    `0` for `q' = 1`, about `0.5` for `q' = 1e-5`, about `0.3` for `q' = 1e-3` and `1`
 //!    for `q' = 0`. So [`ALERT_LEVEL`] `= 0.5` is "`q = red`" with the default `red`.
@@ -82,7 +86,7 @@
 
 use std::collections::VecDeque;
 
-use crate::model::discord::Discord;
+use crate::model::discord::{Discord, DiscordParams};
 
 /// Output level at which to alert: "`q = red`" with the default `red = 1e-5`, since
 /// `out ≈ ln(q')/ln(1e-10)`. Because of the `1e-10` offset, `q' = 1e-5` itself gives
@@ -113,14 +117,18 @@ pub struct LikelihoodParams {
     pub reestimate: usize,
     /// Tail probability at or below which a record is red.
     pub red: f64,
-    /// Tail probability reported for a red record that follows a red record.
+    /// Tail probability reported for a red record that follows a red record within
+    /// `refractory` records.
     pub yellow: f64,
     /// Value-range check: a value more than `spatial_tolerance·(max − min)` outside the
     /// range of the earlier values gives `1.0`. `None` turns the check off.
     pub spatial_tolerance: Option<f64>,
-    /// Feed the series' window discord distance ([`crate::model::discord`]) over this many
-    /// earlier windows instead of the model's score. `None` feeds the score.
-    pub discord: Option<usize>,
+    /// Records after a red record during which a red record is reported yellow (step 5;
+    /// 1 is nupic's filter, 0 none).
+    pub refractory: usize,
+    /// Feed the series' window discord distance ([`crate::model::discord`]) instead of the
+    /// model's score. `None` feeds the score.
+    pub discord: Option<DiscordParams>,
 }
 
 impl Default for LikelihoodParams {
@@ -133,6 +141,7 @@ impl Default for LikelihoodParams {
             red: 1e-5,
             yellow: 1e-3,
             spatial_tolerance: Some(0.05),
+            refractory: 1,
             discord: None,
         }
     }
@@ -186,8 +195,8 @@ pub struct Likelihood {
     history: VecDeque<f64>,
     /// The current Gaussian; `None` before the first estimate or from an empty history.
     fit: Option<Gaussian>,
-    /// Unfiltered tail probability of the previous record after warm-up.
-    previous_tail: f64,
+    /// The last red record (unfiltered `q ≤ red`), for the red-run filter.
+    last_red: Option<u64>,
     /// `(min, max)` of the values seen so far, if the value-range check is on.
     range: Option<(f64, f64)>,
     /// The series' recent windows, when the likelihood is fed their discord distance.
@@ -206,9 +215,9 @@ impl Likelihood {
             recent: VecDeque::with_capacity(params.average.max(1) + 1),
             history: VecDeque::new(),
             fit: None,
-            previous_tail: 1.0,
+            last_red: None,
             range: None,
-            discord: params.discord.map(Discord::new),
+            discord: params.discord.map(|d| Discord::new(d.memory, d.segment)),
         }
     }
 
@@ -262,12 +271,16 @@ impl Likelihood {
                 self.fit = Gaussian::fit(&self.history);
             }
             let tail = self.fit.map_or(0.5, |g| g.tail(smoothed));
-            let filtered = if tail <= p.red && self.previous_tail <= p.red {
-                p.yellow
-            } else {
-                tail
-            };
-            self.previous_tail = tail;
+            let mut filtered = tail;
+            if tail <= p.red {
+                if self
+                    .last_red
+                    .is_some_and(|r| t - r <= p.refractory as u64 && p.refractory > 0)
+                {
+                    filtered = p.yellow;
+                }
+                self.last_red = Some(t);
+            }
             let likelihood = 1.0 - filtered;
             out = ((1.000_000_000_1 - likelihood).ln() / LOG_DENOMINATOR).clamp(0.0, 1.0);
         }
@@ -390,7 +403,7 @@ impl Keyed {
 }
 
 /// Identifies [`Keyed::snapshot`]'s layout; a reader refuses other layouts.
-const SNAPSHOT_FORMAT: &str = "anomalyd.likelihood.v2";
+const SNAPSHOT_FORMAT: &str = "anomalyd.likelihood.v3";
 
 /// Written with borrowed fields (`&str`, `&Likelihood`), read into owned ones: the same
 /// bytes either way.
@@ -444,6 +457,12 @@ mod tests {
         red: f64,
         yellow: f64,
         spatial_tol: Option<f64>,
+        #[serde(default = "nupic_refractory")]
+        refractory: usize,
+    }
+
+    fn nupic_refractory() -> usize {
+        1
     }
 
     /// Output for `q' = yellow` with the default parameters: `ln(1e-3)/ln(1e-10) ≈ 0.3`.
@@ -480,7 +499,7 @@ mod tests {
     #[test]
     fn matches_the_python_reference_vectors() {
         let vectors: Vectors = serde_json::from_str(VECTORS).expect("vectors.json parses");
-        assert_eq!(vectors.vectors.len(), 3);
+        assert_eq!(vectors.vectors.len(), 4);
         for v in &vectors.vectors {
             let mut lik = Likelihood::new(LikelihoodParams {
                 warmup: v.params.warmup,
@@ -490,6 +509,7 @@ mod tests {
                 red: v.params.red,
                 yellow: v.params.yellow,
                 spatial_tolerance: v.params.spatial_tol,
+                refractory: v.params.refractory,
                 discord: None,
             });
             assert_eq!(v.scores.len(), v.expected.len(), "{}", v.name);
@@ -548,6 +568,32 @@ mod tests {
         }
         let alerts: Vec<usize> = (0..out.len()).filter(|&i| out[i] >= ALERT_LEVEL).collect();
         assert_eq!(alerts, [900]);
+    }
+
+    #[test]
+    fn refractory_folds_nearby_reds_into_one_alert() {
+        // Spikes at 900, 940 and 990, each two records long, with no short-term mean.
+        let mut scores = normal_scores(1000, 2);
+        for at in [900, 940, 990] {
+            scores[at] = 5.0;
+            scores[at + 1] = 5.0;
+        }
+        let alerts = |refractory| {
+            let mut lik = Likelihood::new(LikelihoodParams {
+                average: 1,
+                refractory,
+                ..params(200)
+            });
+            let out: Vec<f64> = scores.iter().map(|&s| lik.update(s, None)).collect();
+            (0..out.len())
+                .filter(|&i| out[i] >= ALERT_LEVEL)
+                .collect::<Vec<usize>>()
+        };
+        assert_eq!(alerts(0), [900, 901, 940, 941, 990, 991], "no filter");
+        assert_eq!(alerts(1), [900, 940, 990], "nupic's: the first of each run");
+        // 940 is 39 records after the red at 901: the same episode. 990 is 49 after 941.
+        assert_eq!(alerts(40), [900, 990]);
+        assert_eq!(alerts(49), [900]);
     }
 
     #[test]
@@ -692,7 +738,15 @@ mod tests {
     fn a_snapshot_continues_every_key_exactly_and_refuses_other_settings() {
         let (a, b) = (normal_scores(900, 3), normal_scores(900, 4));
         // Fed scores, and fed discords (the windows' memory is part of the state).
-        for discord in [None, Some(50)] {
+        let memory = |memory| DiscordParams { memory, segment: 1 };
+        for discord in [
+            None,
+            Some(memory(50)),
+            Some(DiscordParams {
+                memory: 50,
+                segment: 2,
+            }),
+        ] {
             let p = LikelihoodParams {
                 spatial_tolerance: Some(0.05),
                 discord,
@@ -700,7 +754,10 @@ mod tests {
             };
             let feed = |k: &mut Keyed, i: usize| {
                 let value = Some((i as f64 * 0.1).sin());
-                let (wa, wb) = ([a[i] as f32, 1.0], [b[i] as f32, (i % 7) as f32]);
+                let (wa, wb) = (
+                    [a[i] as f32, 1.0, 0.5],
+                    [b[i] as f32, (i % 7) as f32, (i % 3) as f32],
+                );
                 (
                     k.update(Some("a"), a[i], &wa, value),
                     k.update(Some("b"), b[i] * 3.0, &wb, value),
@@ -743,7 +800,7 @@ mod tests {
         let err = Keyed::from_snapshot(&bytes, other, 10).expect_err("other settings");
         assert!(matches!(err, SnapshotError::Params(_)), "{err}");
         let fed_discords = LikelihoodParams {
-            discord: Some(50),
+            discord: Some(memory(50)),
             ..p
         };
         let err = Keyed::from_snapshot(&bytes, fed_discords, 10).expect_err("other input");
@@ -775,7 +832,10 @@ mod tests {
             *v = 0.0; // a flat stretch where the wave should be
         }
         let mut lik = Likelihood::new(LikelihoodParams {
-            discord: Some(1000),
+            discord: Some(DiscordParams {
+                memory: 1000,
+                segment: 1,
+            }),
             ..params(300)
         });
         let out: Vec<f64> = (0..values.len())
