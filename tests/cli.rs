@@ -294,13 +294,15 @@ fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
     assert!(store.join("v000001/weights.safetensors").is_file());
 }
 
-/// Fed the model's scores, and fed window discords. The discord run has the value-range
-/// check off, so its alert on the jump comes from the discords alone.
+/// Fed the model's scores, and fed window discords (as they are, and in segments of 2 with
+/// a refractory of 100 records). The discord runs have the value-range check off, so their
+/// alerts on the jump come from the discords alone.
 #[test]
 fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
     for input in [
         "input = \"score\"\n",
         "input = \"discord\"\nspatial_tolerance = 0.0\n",
+        "input = \"discord\"\nspatial_tolerance = 0.0\nsegment = 2\nrefractory = 100\n",
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_, lines) = score_nab_fixture(
@@ -338,6 +340,12 @@ fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
             alerts.len() <= 20,
             "{input:?}: a run of unlikely scores alerts once, not per record: {alerts:?}"
         );
+        if input.contains("refractory = 100") {
+            assert!(
+                alerts.windows(2).all(|p| p[1] - p[0] > 100),
+                "one alert per episode: {alerts:?}"
+            );
+        }
     }
 }
 
