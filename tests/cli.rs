@@ -296,7 +296,7 @@ fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
 
 /// Fed the model's scores, and fed window discords (as they are, and in segments of 2 with
 /// a refractory of 100 records). The discord runs have the value-range check off, so their
-/// alerts on the jump come from the discords alone.
+/// alerts on the jump come from the discords alone, and the discords explain them.
 #[test]
 fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
     for input in [
@@ -335,6 +335,9 @@ fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
             .filter(|&&i| in_labelled_window(&lines[i]))
             .count();
         println!("{input:?}: alerts at {alerts:?}, {in_window} inside the labelled window");
+        for &i in &alerts {
+            println!("  {i}: {}", lines[i]["top_features"]);
+        }
         assert!(in_window >= 1, "{input:?}: the labelled jump alerts");
         assert!(
             alerts.len() <= 20,
@@ -345,6 +348,13 @@ fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
                 alerts.windows(2).all(|p| p[1] - p[0] > 100),
                 "one alert per episode: {alerts:?}"
             );
+            // Explained by the discord, not the model: each segment's part of the distance
+            // is split evenly over its two values, so the top two are a segment's pair.
+            for &i in &alerts {
+                let top = lines[i]["top_features"].as_array().expect("explained");
+                let share = |k: usize| top[k]["share"].as_f64().expect("share");
+                assert_eq!(share(0), share(1), "alert {i}: {top:?}");
+            }
         }
     }
 }

@@ -33,6 +33,10 @@
 //! fed this distance scores about 6 points higher than fed any autoencoder's
 //! reconstruction error (docs/quality.md).
 //!
+//! An alert raised on a discord is explained by the distance's terms
+//! ([`Discord::update_explained`]): each window position's part of the squared distance to
+//! the nearest earlier window, a segment's part split evenly over its values.
+//!
 //! Cost per key: `(memory + w − 1)·⌈w/s⌉` `f32`s of state (129 KB with memory 2000 and
 //! w = 16, s = 1; 130 KB with w = 32, s = 2) and `memory·⌈w/s⌉` multiply-adds per record.
 
@@ -79,6 +83,17 @@ impl Discord {
     /// window, or one with a non-finite value, is not remembered and gives NaN (which the
     /// likelihood takes as no information).
     pub fn update(&mut self, window: &[f32]) -> f64 {
+        self.update_explained(window, None)
+    }
+
+    /// [`Self::update`], and with `terms`, what the distance is made of: for each position
+    /// of `window`, its part of the squared distance to the nearest earlier window (a
+    /// segment's part split evenly over its values). They sum to the squared distance.
+    /// `terms` is left empty when there is no earlier window to compare with.
+    pub fn update_explained(&mut self, window: &[f32], mut terms: Option<&mut Vec<f32>>) -> f64 {
+        if let Some(t) = terms.as_deref_mut() {
+            t.clear();
+        }
         if window.is_empty() || window.iter().any(|v| !v.is_finite()) {
             return f64::NAN;
         }
@@ -107,7 +122,7 @@ impl Discord {
             self.seen - stored,
             (self.seen + 1).saturating_sub(len as u64),
         );
-        let mut best = f32::INFINITY;
+        let (mut best, mut nearest) = (f32::INFINITY, 0);
         if first < end {
             let (a, b) = ((first % capacity) as usize, (end % capacity) as usize);
             let runs = if a < b {
@@ -116,10 +131,25 @@ impl Discord {
                 [a..stored as usize, 0..b]
             };
             for run in runs {
-                for slot in self.slots[run.start * dim..run.end * dim].chunks_exact(dim) {
-                    best = best.min(squared_distance(window, slot));
+                let slots = self.slots[run.start * dim..run.end * dim].chunks_exact(dim);
+                for (k, slot) in slots.enumerate() {
+                    let d = squared_distance(window, slot);
+                    if d < best {
+                        (best, nearest) = (d, run.start + k);
+                    }
                 }
             }
+        }
+        if let Some(t) = terms
+            && best.is_finite()
+        {
+            // Before the new window takes a slot: it may be the nearest one's.
+            let slot = &self.slots[nearest * dim..(nearest + 1) * dim];
+            t.extend((0..len).map(|j| {
+                let e = j / self.segment;
+                let run = self.segment.min(len - e * self.segment);
+                (window[e] - slot[e]) * (window[e] - slot[e]) / run as f32
+            }));
         }
         let at = (self.seen % capacity) as usize * dim;
         if at == self.slots.len() {
@@ -258,6 +288,42 @@ mod tests {
             }
             let kept = (memory + w - 1).min(series.len());
             assert_eq!(d.slots.len(), kept * w.div_ceil(segment));
+        }
+    }
+
+    #[test]
+    fn terms_split_the_squared_distance_over_the_positions() {
+        // A square wave of period 20, then one window with a bump at its newest value.
+        let mut values: Vec<f32> = (0..200).map(|i| ((i / 10) % 2) as f32).collect();
+        values[150] += 5.0;
+        for segment in [1, 2, 3] {
+            let series = windows(&values, 8);
+            let mut d = Discord::new(100, segment);
+            let mut terms = vec![1.0];
+            assert_eq!(d.update_explained(&series[0], Some(&mut terms)), 0.0);
+            assert!(terms.is_empty(), "nothing to compare the first window with");
+            for x in &series[1..150] {
+                d.update(x);
+            }
+            let dist = d.update_explained(&series[150], Some(&mut terms));
+            assert!(dist > 1.0, "{dist}");
+            assert_eq!(terms.len(), 8, "one term per position of the window");
+            let total: f32 = terms.iter().sum();
+            assert!((f64::from(total) - dist * dist).abs() < 1e-4 * dist * dist);
+            // The bump is the newest value: the last position (and its segment's others,
+            // evenly) carries the distance.
+            let run = (8 - 1) % segment + 1;
+            for (j, &t) in terms.iter().enumerate() {
+                let expect = if j >= 8 - run {
+                    total / run as f32
+                } else {
+                    0.0
+                };
+                assert!(
+                    (t - expect).abs() < 1e-4,
+                    "segment {segment} position {j}: {t}"
+                );
+            }
         }
     }
 

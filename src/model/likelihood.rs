@@ -225,9 +225,26 @@ impl Likelihood {
     /// is the discord distance of the record's `window` (its feature vector), and `score`
     /// is not used.
     pub fn update_record(&mut self, score: f64, window: &[f32], value: Option<f64>) -> f64 {
+        self.update_record_explained(score, window, value, None)
+    }
+
+    /// [`Self::update_record`], and, fed discords, the distance's terms per position of
+    /// `window` in `terms` ([`Discord::update_explained`]; left empty otherwise).
+    pub fn update_record_explained(
+        &mut self,
+        score: f64,
+        window: &[f32],
+        value: Option<f64>,
+        terms: Option<&mut Vec<f32>>,
+    ) -> f64 {
         let input = match &mut self.discord {
-            Some(d) => d.update(window),
-            None => score,
+            Some(d) => d.update_explained(window, terms),
+            None => {
+                if let Some(t) = terms {
+                    t.clear();
+                }
+                score
+            }
         };
         self.update(input, value)
     }
@@ -322,6 +339,8 @@ pub struct Keyed {
     by_key: lru::LruCache<Box<str>, Likelihood>,
     /// Keys forgotten to stay within `max_keys`.
     evictions: u64,
+    /// The last update's discord terms ([`Self::discord_terms`]).
+    terms: Vec<f32>,
 }
 
 impl Keyed {
@@ -332,6 +351,7 @@ impl Keyed {
             params,
             by_key: lru::LruCache::new(cap),
             evictions: 0,
+            terms: Vec::new(),
         }
     }
 
@@ -345,11 +365,12 @@ impl Keyed {
         value: Option<f64>,
     ) -> f64 {
         let key = key.unwrap_or_default();
+        let terms = Some(&mut self.terms);
         if let Some(l) = self.by_key.get_mut(key) {
-            return l.update_record(score, window, value);
+            return l.update_record_explained(score, window, value, terms);
         }
         let mut l = Likelihood::new(self.params);
-        let out = l.update_record(score, window, value);
+        let out = l.update_record_explained(score, window, value, terms);
         if self.by_key.push(key.into(), l).is_some() {
             self.evictions += 1; // the key is new, so what came back was evicted
         }
@@ -358,6 +379,14 @@ impl Keyed {
 
     pub fn keys(&self) -> usize {
         self.by_key.len()
+    }
+
+    /// Fed discords, what the last update's distance was made of: per position of its
+    /// window, its part of the squared distance to the key's nearest earlier window
+    /// ([`Discord::update_explained`]). `None` when fed scores, or when the key had no
+    /// earlier window to compare with.
+    pub fn discord_terms(&self) -> Option<&[f32]> {
+        (!self.terms.is_empty()).then_some(self.terms.as_slice())
     }
 
     /// Keys forgotten so far to stay within `max_keys`.
@@ -809,6 +838,29 @@ mod tests {
             Keyed::from_snapshot(b"garbage", p, 10),
             Err(SnapshotError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn keyed_gives_the_discord_terms_of_the_last_update_only_when_fed_discords() {
+        let window = |i: usize| [(i % 5) as f32, ((i + 1) % 5) as f32, ((i * 3) % 7) as f32];
+        let mut by_score = Keyed::new(params(10), 10);
+        let discord = Some(DiscordParams {
+            memory: 20,
+            segment: 1,
+        });
+        let mut by_discord = Keyed::new(LikelihoodParams { discord, ..params(10) }, 10);
+        for i in 0..40 {
+            by_score.update(Some("a"), 0.1, &window(i), None);
+            assert_eq!(by_score.discord_terms(), None);
+            by_discord.update(Some(&format!("k{}", i % 2)), 0.1, &window(i), None);
+            let terms = by_discord.discord_terms();
+            if i < 6 {
+                // Each key's first three windows overlap all before them.
+                assert_eq!(terms, None, "record {i}");
+            } else {
+                assert_eq!(terms.map(<[f32]>::len), Some(3), "record {i}");
+            }
+        }
     }
 
     /// Fed discords, a periodic series alerts on a shape it has never shown, inside its

@@ -552,7 +552,13 @@ fn score_batch(
         score_hist.observe(s as f64);
         norm_hist.observe(norm as f64);
         if anomaly {
-            let terms = &out.feature_errors[i * dim..(i + 1) * dim];
+            // Fed discords, the likelihood explains its alert by the window positions that
+            // differ most from the key's nearest earlier window; else the model's error.
+            let terms = keyed
+                .as_deref()
+                .and_then(Keyed::discord_terms)
+                .filter(|t| t.len() == dim)
+                .unwrap_or(&out.feature_errors[i * dim..(i + 1) * dim]);
             let why = top_contributions(terms, settings.top_features);
             if let Some(c) = why.first() {
                 top_counts[c.feature] += 1;
