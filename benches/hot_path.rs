@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
             .collect(),
         scores: out.scores,
         likelihood: Vec::new(),
+        discord: Vec::new(),
         model_version: 1,
         explanations: Vec::new(),
     };

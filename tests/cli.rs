@@ -336,7 +336,18 @@ fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
             .count();
         println!("{input:?}: alerts at {alerts:?}, {in_window} inside the labelled window");
         for &i in &alerts {
-            println!("  {i}: {}", lines[i]["top_features"]);
+            println!(
+                "  {i}: {} {}",
+                lines[i]["discord"], lines[i]["top_features"]
+            );
+        }
+        // Fed discords, each record's message carries the distance that fed its likelihood.
+        let discord: Vec<Option<f64>> = lines.iter().map(|v| v["discord"].as_f64()).collect();
+        if input.contains("discord") {
+            assert!(discord.iter().all(|d| d.is_some_and(|d| d >= 0.0)));
+            assert!(discord[1000..].iter().any(|d| d.is_some_and(|d| d > 0.0)));
+        } else {
+            assert!(discord.iter().all(Option::is_none), "no discord field");
         }
         assert!(in_window >= 1, "{input:?}: the labelled jump alerts");
         assert!(

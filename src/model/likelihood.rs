@@ -225,18 +225,19 @@ impl Likelihood {
     /// is the discord distance of the record's `window` (its feature vector), and `score`
     /// is not used.
     pub fn update_record(&mut self, score: f64, window: &[f32], value: Option<f64>) -> f64 {
-        self.update_record_explained(score, window, value, None)
+        self.update_record_explained(score, window, value, None).0
     }
 
     /// [`Self::update_record`], and, fed discords, the distance's terms per position of
-    /// `window` in `terms` ([`Discord::update_explained`]; left empty otherwise).
+    /// `window` in `terms` ([`Discord::update_explained`]; left empty otherwise). Returns
+    /// the output and what the likelihood was fed (the score, or the discord distance).
     pub fn update_record_explained(
         &mut self,
         score: f64,
         window: &[f32],
         value: Option<f64>,
         terms: Option<&mut Vec<f32>>,
-    ) -> f64 {
+    ) -> (f64, f64) {
         let input = match &mut self.discord {
             Some(d) => d.update_explained(window, terms),
             None => {
@@ -246,7 +247,7 @@ impl Likelihood {
                 score
             }
         };
-        self.update(input, value)
+        (self.update(input, value), input)
     }
 
     /// Takes the next record's raw score, and its raw value for the value-range check,
@@ -341,6 +342,8 @@ pub struct Keyed {
     evictions: u64,
     /// The last update's discord terms ([`Self::discord_terms`]).
     terms: Vec<f32>,
+    /// What the last update fed its key's likelihood ([`Self::discord`]).
+    input: f64,
 }
 
 impl Keyed {
@@ -352,6 +355,7 @@ impl Keyed {
             by_key: lru::LruCache::new(cap),
             evictions: 0,
             terms: Vec::new(),
+            input: f64::NAN,
         }
     }
 
@@ -366,13 +370,15 @@ impl Keyed {
     ) -> f64 {
         let key = key.unwrap_or_default();
         let terms = Some(&mut self.terms);
+        let out;
         if let Some(l) = self.by_key.get_mut(key) {
-            return l.update_record_explained(score, window, value, terms);
-        }
-        let mut l = Likelihood::new(self.params);
-        let out = l.update_record_explained(score, window, value, terms);
-        if self.by_key.push(key.into(), l).is_some() {
-            self.evictions += 1; // the key is new, so what came back was evicted
+            (out, self.input) = l.update_record_explained(score, window, value, terms);
+        } else {
+            let mut l = Likelihood::new(self.params);
+            (out, self.input) = l.update_record_explained(score, window, value, terms);
+            if self.by_key.push(key.into(), l).is_some() {
+                self.evictions += 1; // the key is new, so what came back was evicted
+            }
         }
         out
     }
@@ -387,6 +393,12 @@ impl Keyed {
     /// earlier window to compare with.
     pub fn discord_terms(&self) -> Option<&[f32]> {
         (!self.terms.is_empty()).then_some(self.terms.as_slice())
+    }
+
+    /// Fed discords, the last update's discord distance (NaN for a window with a
+    /// non-finite value); `None` when fed scores.
+    pub fn discord(&self) -> Option<f64> {
+        self.params.discord.map(|_| self.input)
     }
 
     /// Keys forgotten so far to stay within `max_keys`.
@@ -848,7 +860,13 @@ mod tests {
             memory: 20,
             segment: 1,
         });
-        let mut by_discord = Keyed::new(LikelihoodParams { discord, ..params(10) }, 10);
+        let mut by_discord = Keyed::new(
+            LikelihoodParams {
+                discord,
+                ..params(10)
+            },
+            10,
+        );
         for i in 0..40 {
             by_score.update(Some("a"), 0.1, &window(i), None);
             assert_eq!(by_score.discord_terms(), None);

@@ -101,6 +101,9 @@ pub struct Scored {
     pub normalized: Vec<f32>,
     /// The anomaly likelihood of each record (`threshold.kind = "likelihood"`), else empty.
     pub likelihood: Vec<f32>,
+    /// The discord distance that fed each record's likelihood (`input = "discord"`), else
+    /// empty.
+    pub discord: Vec<f32>,
     pub model_version: u64,
     /// For each record flagged as an anomaly (by index), its top contributing features.
     pub explanations: Vec<(usize, Vec<Contribution>)>,

@@ -19,6 +19,11 @@ pub struct ScoreMessage<'a> {
     /// `is_anomaly` (alert at >= 0.5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub likelihood: Option<f32>,
+    /// With `threshold.likelihood.input = "discord"`: the distance from the record's window
+    /// to its key's nearest earlier window, which fed the likelihood (absent when it has
+    /// none: a window with a missing value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discord: Option<f32>,
     pub model_version: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_features: Option<Vec<FeatureShare<'a>>>,
@@ -85,6 +90,7 @@ pub fn score_message<'a>(
         normalized_score: scored.normalized[i],
         is_anomaly: scored.is_anomaly(i),
         likelihood: scored.likelihood.get(i).copied(),
+        discord: scored.discord.get(i).copied().filter(|d| d.is_finite()),
         model_version: scored.model_version,
         top_features: explanation.map(|e| {
             e.iter()

@@ -524,6 +524,7 @@ fn score_batch(
     let mut anomalies = Vec::with_capacity(n);
     let mut normalized = Vec::with_capacity(n);
     let mut likelihood = Vec::new();
+    let mut discord = Vec::new();
     let Judge {
         threshold,
         likelihood: mut keyed,
@@ -544,6 +545,9 @@ fn score_batch(
             );
             anomaly = l >= ALERT_LEVEL;
             likelihood.push(l as f32);
+            if let Some(d) = k.discord() {
+                discord.push(d as f32);
+            }
         }
         let norm = det.normalize(s, t);
         thresholds.push(t);
@@ -596,6 +600,7 @@ fn score_batch(
         anomalies,
         normalized,
         likelihood,
+        discord,
         model_version: det.version(),
         explanations,
     })
