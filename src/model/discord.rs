@@ -37,7 +37,7 @@
 //! ([`Discord::update_explained`]): each window position's part of the squared distance to
 //! the nearest earlier window, a segment's part split evenly over its values.
 //!
-//! Cost per key: `(memory + w − 1)·⌈w/s⌉` `f32`s of state (129 KB with memory 2000 and
+//! Cost per key: `(memory + w)·⌈w/s⌉` `f32`s of state (129 KB with memory 2000 and
 //! w = 16, s = 1; 130 KB with w = 32, s = 2) and `memory·⌈w/s⌉` multiply-adds per record.
 
 /// How a key's discord is taken: over its last `memory` windows, each reduced to the
@@ -57,8 +57,8 @@ pub struct Discord {
     segment: usize,
     /// Window length `w`, learnt from the first window.
     len: usize,
-    /// A ring of the last `memory + w − 1` windows, reduced: window number `n` (counted
-    /// from the first) is at slot `n % (memory + w − 1)`, `⌈w/segment⌉` values a slot.
+    /// A ring of the last `memory + w` windows, reduced: window number `n` (counted from
+    /// the first) is at slot `n % (memory + w)`, `⌈w/segment⌉` values a slot.
     slots: Vec<f32>,
     /// Windows remembered so far.
     seen: u64,
@@ -103,37 +103,39 @@ impl Discord {
             self.slots.clear();
             self.seen = 0;
         }
-        let reduced: Vec<f32>;
-        let window = if self.segment == 1 {
-            window
-        } else {
-            reduced = window
-                .chunks(self.segment)
-                .map(|run| run.iter().sum::<f32>() / run.len() as f32)
-                .collect();
-            &reduced
-        };
-        let dim = window.len();
-        let capacity = (self.memory + len - 1) as u64;
-        let stored = self.seen.min(capacity);
+        // The ring holds `memory + w` windows: the slot the new window takes (that of window
+        // `seen − memory − w`) is one the search below never reads, so the reduced window
+        // is written there first and compared in place.
+        let dim = len.div_ceil(self.segment);
+        let capacity = (self.memory + len) as u64;
+        let at = (self.seen % capacity) as usize * dim;
+        if at == self.slots.len() {
+            self.slots.resize(at + dim, 0.0);
+        }
+        let current = &mut self.slots[at..at + dim];
+        for (c, run) in current.iter_mut().zip(window.chunks(self.segment)) {
+            *c = run.iter().sum::<f32>() / run.len() as f32;
+        }
+        let stored = self.seen.min(capacity - 1);
         // Window numbers `seen − stored .. seen − (w − 1)`: the newest `w − 1` overlap this
         // one (trivial matches). In slot order that is at most two runs of the ring.
         let (first, end) = (
             self.seen - stored,
             (self.seen + 1).saturating_sub(len as u64),
         );
+        let (current, filled) = (&self.slots[at..at + dim], self.slots.len() / dim);
         let (mut best, mut nearest) = (f32::INFINITY, 0);
         if first < end {
             let (a, b) = ((first % capacity) as usize, (end % capacity) as usize);
             let runs = if a < b {
                 [a..b, 0..0]
             } else {
-                [a..stored as usize, 0..b]
+                [a..filled, 0..b]
             };
             for run in runs {
                 let slots = self.slots[run.start * dim..run.end * dim].chunks_exact(dim);
                 for (k, slot) in slots.enumerate() {
-                    let d = squared_distance(window, slot);
+                    let d = squared_distance(current, slot);
                     if d < best {
                         (best, nearest) = (d, run.start + k);
                     }
@@ -143,19 +145,12 @@ impl Discord {
         if let Some(t) = terms
             && best.is_finite()
         {
-            // Before the new window takes a slot: it may be the nearest one's.
             let slot = &self.slots[nearest * dim..(nearest + 1) * dim];
             t.extend((0..len).map(|j| {
                 let e = j / self.segment;
                 let run = self.segment.min(len - e * self.segment);
-                (window[e] - slot[e]) * (window[e] - slot[e]) / run as f32
+                (current[e] - slot[e]) * (current[e] - slot[e]) / run as f32
             }));
-        }
-        let at = (self.seen % capacity) as usize * dim;
-        if at == self.slots.len() {
-            self.slots.extend_from_slice(window);
-        } else {
-            self.slots[at..at + dim].copy_from_slice(window);
         }
         self.seen += 1;
         if best.is_finite() {
@@ -234,7 +229,7 @@ mod tests {
                     "w {w} memory {memory} t {t}: {got} vs {want}"
                 );
             }
-            let kept = (memory + w - 1).min(series.len());
+            let kept = (memory + w).min(series.len());
             assert_eq!(d.slots.len(), kept * w, "memory is bounded");
         }
     }
@@ -286,7 +281,7 @@ mod tests {
                     "w {w} segment {segment} t {t}: {got} vs {want}"
                 );
             }
-            let kept = (memory + w - 1).min(series.len());
+            let kept = (memory + w).min(series.len());
             assert_eq!(d.slots.len(), kept * w.div_ceil(segment));
         }
     }

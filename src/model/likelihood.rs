@@ -291,10 +291,8 @@ impl Likelihood {
             let tail = self.fit.map_or(0.5, |g| g.tail(smoothed));
             let mut filtered = tail;
             if tail <= p.red {
-                if self
-                    .last_red
-                    .is_some_and(|r| t - r <= p.refractory as u64 && p.refractory > 0)
-                {
+                let refractory = p.refractory as u64;
+                if refractory > 0 && self.last_red.is_some_and(|r| t - r <= refractory) {
                     filtered = p.yellow;
                 }
                 self.last_red = Some(t);
