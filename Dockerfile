@@ -19,6 +19,7 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv patchelf binutils \
+        libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -30,8 +31,12 @@ RUN --mount=type=cache,target=/cache \
     scripts/build-release.sh /out
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
-# bookworm-slim already has every system library the binary needs (libc6, libstdc++6,
-# libgcc-s1, zlib1g); libtorch's own libraries come from the build stage.
+# bookworm-slim has most system libraries the binary needs (libc6, libstdc++6, libgcc-s1,
+# zlib1g); librdkafka's TLS needs libssl3, and ca-certificates lets it trust the public CAs
+# of managed Kafka services. libtorch's own libraries come from the build stage.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libssl3 ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 anomalyd \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin anomalyd

@@ -106,6 +106,7 @@ fn bench(c: &mut Criterion) {
         discord: Vec::new(),
         model_version: 1,
         explanations: Vec::new(),
+        features: batch.clone(),
     };
     let feature_names = names();
     let mut buf = Vec::with_capacity(512);

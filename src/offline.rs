@@ -23,6 +23,7 @@ struct Summary {
     scored: u64,
     anomalies: u64,
     undecodable: u64,
+    unscorable: u64,
 }
 
 struct Writer<W: Write> {
@@ -36,6 +37,15 @@ impl<W: Write> Writer<W> {
     fn write(&mut self, batches: Vec<Scored>) -> io::Result<()> {
         for b in batches {
             for i in 0..b.metas.len() {
+                if !b.is_scored(i) {
+                    // As the daemon dead-letters it: no score line with a non-finite score.
+                    self.summary.unscorable += 1;
+                    eprintln!(
+                        "record {}: non_finite_score: the model scored it {}",
+                        b.metas[i].offset, b.scores[i]
+                    );
+                    continue;
+                }
                 let msg = score_message(&b, i, b.explanation(i), &self.names);
                 encode(&msg, &mut self.buf);
                 self.buf.push(b'\n');
@@ -123,8 +133,9 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
     let s = &writer.summary;
     let threshold = scorer.detector().map(|d| d.threshold());
     eprintln!(
-        "anomalyd score: {} records, {} scored, {} anomalies, {} undecodable, threshold {:?}",
-        s.records, s.scored, s.anomalies, s.undecodable, threshold
+        "anomalyd score: {} records, {} scored, {} anomalies, {} undecodable, {} unscorable, \
+         threshold {:?}",
+        s.records, s.scored, s.anomalies, s.undecodable, s.unscorable, threshold
     );
     Ok(())
 }

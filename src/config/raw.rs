@@ -37,6 +37,7 @@ pub struct RawKafka {
     pub commit_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
+    pub group_instance_id: String,
     pub properties: BTreeMap<String, String>,
 }
 
@@ -77,6 +78,7 @@ pub struct RawWindow {
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
     pub channel_capacity: usize,
+    pub max_in_flight: usize,
     pub max_records: usize,
     #[serde(with = "humantime_serde")]
     pub linger: Duration,

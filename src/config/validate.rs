@@ -41,6 +41,9 @@ pub struct KafkaSettings {
     pub session_timeout: Duration,
     pub commit_interval: Duration,
     pub statistics_interval: Duration,
+    /// Static group membership (`group.instance.id`): a restarted replica with the same id
+    /// gets its partitions back without a rebalance.
+    pub group_instance_id: Option<String>,
     pub properties: BTreeMap<String, String>,
 }
 
@@ -139,6 +142,8 @@ pub struct RetrainPolicy {
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
     pub channel_capacity: usize,
+    /// Records consumed but not yet delivered, at most: the source pauses beyond it.
+    pub max_in_flight: usize,
     pub max_records: usize,
     pub linger: Duration,
     pub drain_timeout: Duration,
@@ -283,6 +288,7 @@ impl Settings {
             session_timeout: k.session_timeout,
             commit_interval: k.commit_interval,
             statistics_interval: k.statistics_interval,
+            group_instance_id: optional(&k.group_instance_id),
             properties: k.properties,
         };
         if kafka.session_timeout < Duration::from_secs(1) {
@@ -360,6 +366,7 @@ impl Settings {
         let p = raw.pipeline;
         let batch = BatchPolicy {
             channel_capacity: positive("pipeline.channel_capacity", p.channel_capacity)?,
+            max_in_flight: positive("pipeline.max_in_flight", p.max_in_flight)?,
             max_records: positive("pipeline.max_records", p.max_records)?,
             linger: p.linger,
             drain_timeout: p.drain_timeout,
@@ -466,6 +473,19 @@ impl Settings {
             pca,
             torchscript: m.torchscript,
         };
+        // The scorer holds the warm-up records back until it has trained on them; were
+        // fewer allowed in flight, the source would pause before the warm-up could end.
+        if batch.max_in_flight < model.warmup_records + batch.max_records {
+            return Err(ConfigError::invalid(
+                "pipeline.max_in_flight",
+                format!(
+                    "must be at least model.warmup_records + pipeline.max_records = {} \
+                     (the warm-up records stay in flight until the first model is trained)",
+                    model.warmup_records + batch.max_records
+                ),
+            ));
+        }
+
         let runtime = ModelRuntime {
             device: m.device,
             threads: m.threads,

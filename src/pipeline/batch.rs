@@ -69,6 +69,7 @@ mod tests {
     fn policy(max_records: usize, linger_ms: u64) -> BatchPolicy {
         BatchPolicy {
             channel_capacity: 16,
+            max_in_flight: 1 << 20,
             max_records,
             linger: Duration::from_millis(linger_ms),
             drain_timeout: Duration::from_secs(1),

@@ -19,17 +19,19 @@ pub enum DecodeErrorCode {
     MissingField,
     NotANumber,
     NotFinite,
+    OutOfRange,
     WrongLength,
     InvalidKey,
     InvalidTimestamp,
 }
 
 impl DecodeErrorCode {
-    pub const ALL: [DecodeErrorCode; 7] = [
+    pub const ALL: [DecodeErrorCode; 8] = [
         DecodeErrorCode::InvalidJson,
         DecodeErrorCode::MissingField,
         DecodeErrorCode::NotANumber,
         DecodeErrorCode::NotFinite,
+        DecodeErrorCode::OutOfRange,
         DecodeErrorCode::WrongLength,
         DecodeErrorCode::InvalidKey,
         DecodeErrorCode::InvalidTimestamp,
@@ -41,6 +43,7 @@ impl DecodeErrorCode {
             DecodeErrorCode::MissingField => "missing_field",
             DecodeErrorCode::NotANumber => "not_a_number",
             DecodeErrorCode::NotFinite => "not_finite",
+            DecodeErrorCode::OutOfRange => "out_of_range",
             DecodeErrorCode::WrongLength => "wrong_length",
             DecodeErrorCode::InvalidKey => "invalid_key",
             DecodeErrorCode::InvalidTimestamp => "invalid_timestamp",
@@ -121,8 +124,10 @@ impl Decoder {
         self.names.len()
     }
 
-    /// Decodes one JSON object.
+    /// Decodes one JSON object. A leading UTF-8 byte order mark is ignored (RFC 8259
+    /// allows a parser to).
     pub fn decode(&self, payload: &[u8]) -> Result<Decoded, DecodeError> {
+        let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
         let mut out = Decoded {
             key: None,
             timestamp: Timestamp::None,
@@ -138,8 +143,7 @@ impl Decoder {
         .deserialize(&mut de)
         .and_then(|()| de.end());
         if let Err(e) = parsed {
-            return Err(failure
-                .unwrap_or_else(|| DecodeError::new(DecodeErrorCode::InvalidJson, e.to_string())));
+            return Err(failure.unwrap_or_else(|| json_error(&e)));
         }
         if let Some(i) = out.values.iter().position(|v| v.is_nan()) {
             return Err(DecodeError::new(
@@ -166,16 +170,36 @@ impl Decoder {
     }
 }
 
+/// A value the model can take: NaN and infinities are `not_finite`; a finite number beyond
+/// the 32-bit float range (about 3.4e38) is `out_of_range`, since it would become infinite.
 fn finite(name: &str, v: f64) -> Result<f32, DecodeError> {
+    if !v.is_finite() {
+        return Err(DecodeError::new(
+            DecodeErrorCode::NotFinite,
+            format!("field `{name}` is {v}, not a finite number"),
+        ));
+    }
     let f = v as f32;
     if f.is_finite() {
         Ok(f)
     } else {
         Err(DecodeError::new(
-            DecodeErrorCode::NotFinite,
-            format!("field `{name}` is {v}, not a finite 32-bit number"),
+            DecodeErrorCode::OutOfRange,
+            format!("field `{name}` is {v}, beyond the 32-bit float range"),
         ))
     }
+}
+
+/// A JSON syntax error; a number literal beyond even the 64-bit float range (`1e309`) is
+/// reported as `out_of_range`, like one beyond the 32-bit range.
+fn json_error(e: &serde_json::Error) -> DecodeError {
+    let detail = e.to_string();
+    let code = if detail.starts_with("number out of range") {
+        DecodeErrorCode::OutOfRange
+    } else {
+        DecodeErrorCode::InvalidJson
+    };
+    DecodeError::new(code, detail)
 }
 
 /// Records the precise failure, and aborts the parse with a serde error.
@@ -532,8 +556,27 @@ mod tests {
         );
         assert_eq!(
             code(&d, r#"{"cpu": 1e300, "mem": 2}"#),
-            DecodeErrorCode::NotFinite
+            DecodeErrorCode::OutOfRange
         );
+        assert_eq!(
+            code(&d, r#"{"cpu": -3.5e38, "mem": 2}"#),
+            DecodeErrorCode::OutOfRange
+        );
+        assert_eq!(
+            code(&d, r#"{"cpu": 1e309, "mem": 2}"#),
+            DecodeErrorCode::OutOfRange
+        );
+        assert_eq!(
+            code(&d, r#"{"cpu": NaN, "mem": 2}"#),
+            DecodeErrorCode::InvalidJson
+        );
+        // The largest finite 32-bit value and a u64 counter glitch are in range.
+        assert!(
+            d.decode(br#"{"cpu": 3.4e38, "mem": 18446744073709551615}"#)
+                .is_ok()
+        );
+        // A byte order mark is skipped.
+        assert!(d.decode(b"\xEF\xBB\xBF{\"cpu\": 1, \"mem\": 2}").is_ok());
         assert_eq!(
             code(&d, r#"{"cpu": 1, "mem": 2, "host": [1]}"#),
             DecodeErrorCode::InvalidKey
@@ -583,5 +626,83 @@ mod tests {
             d.parse_text_value(1, "NaN").expect_err("nan").code,
             DecodeErrorCode::NotFinite
         );
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A JSON value of any kind, nested a little.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>()
+                    .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                    .prop_map(serde_json::Value::from),
+                ".{0,12}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map("(cpu|mem|host|ts|[a-z]{1,3})", inner, 0..5)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn decoder() -> Decoder {
+            // Key "host" and timestamp "ts" too (see `spec`).
+            Decoder::new(&spec(InputShape::Fields {
+                names: vec!["cpu".into(), "mem".into()],
+            }))
+        }
+
+        /// Every outcome is a record of finite values or an error with a code and a
+        /// detail: never a panic.
+        fn check(d: &Decoder, bytes: &[u8]) -> Result<(), TestCaseError> {
+            match d.decode(bytes) {
+                Ok(r) => {
+                    prop_assert_eq!(r.values.len(), 2);
+                    prop_assert!(r.values.iter().all(|v| v.is_finite()), "{:?}", r.values);
+                }
+                Err(e) => {
+                    prop_assert!(DecodeErrorCode::ALL.contains(&e.code));
+                    prop_assert!(!e.detail.is_empty());
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                check(&decoder(), &bytes)?;
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics(v in json_value()) {
+                let text = serde_json::to_vec(&v).expect("json");
+                check(&decoder(), &text)?;
+                // Cut anywhere: still a code, never a panic.
+                for cut in [1, text.len() / 2, text.len().saturating_sub(1)] {
+                    check(&decoder(), &text[..cut.min(text.len())])?;
+                }
+            }
+
+            #[test]
+            fn records_with_numbers_decode_to_their_values(
+                cpu in -1e30f64..1e30, mem in any::<i32>(), host in "[a-z0-9-]{0,16}",
+            ) {
+                let text = serde_json::json!({"mem": mem, "cpu": cpu, "host": host}).to_string();
+                let r = decoder().decode(text.as_bytes()).expect("valid record");
+                prop_assert_eq!(r.values, vec![cpu as f32, mem as f32]);
+                prop_assert_eq!(r.key.as_deref(), Some(host.as_str()));
+            }
+        }
     }
 }

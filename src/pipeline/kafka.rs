@@ -8,9 +8,11 @@ use crossbeam_channel::Sender;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::OffsetTracker;
@@ -58,6 +60,9 @@ pub fn consumer_config(k: &KafkaSettings) -> Result<ClientConfig, ConfigError> {
             "statistics.interval.ms",
             k.statistics_interval.as_millis().to_string(),
         );
+    if let Some(id) = &k.group_instance_id {
+        c.set("group.instance.id", id);
+    }
     Ok(c)
 }
 
@@ -65,16 +70,30 @@ pub fn producer_config(k: &KafkaSettings) -> Result<ClientConfig, ConfigError> {
     let mut c = base_config(k)?;
     c.set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000");
+        .set("queue.buffering.max.messages", "1000000")
+        // A message is retried until the broker takes it, however long the broker is away:
+        // no output is given up because of an outage (the source stops consuming while the
+        // producer's queue is full). Per-message refusals still fail at once.
+        .set("message.timeout.ms", "0");
+    // A value from kafka.properties wins.
+    for (key, value) in &k.properties {
+        c.set(key, property_value(key, value)?);
+    }
     Ok(c)
 }
 
-/// Which output topic a delivered message went to.
-#[derive(Debug, Clone, Copy)]
+/// Which output topic a message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Output {
     Scores = 0,
     Alerts = 1,
     Dlq = 2,
+}
+
+impl Output {
+    pub fn as_str(self) -> &'static str {
+        crate::telemetry::OUTPUTS[self as usize]
+    }
 }
 
 /// The outputs of one batch still awaiting delivery, and the offsets they complete.
@@ -95,13 +114,111 @@ impl Pending {
             delivered: Default::default(),
         })
     }
+
+    /// One more message (a dead letter or a retry standing in for a refused output) must
+    /// be delivered before the batch is complete. Called before the refused one is done.
+    pub fn add_one(&self) {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One of the batch's messages is done (delivered to `output`, or given up). The last
+    /// one acknowledges the batch's offsets, unless a fatal producer error hit it.
+    pub fn done_one(&self, output: Option<Output>, tracker: &OffsetTracker, metrics: &Metrics) {
+        if let Some(o) = output {
+            self.delivered[o as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        for (i, name) in crate::telemetry::OUTPUTS.iter().enumerate() {
+            let n = self.delivered[i].load(Ordering::Relaxed);
+            if n > 0 {
+                metrics
+                    .messages_produced
+                    .with_label_values(&[name])
+                    .inc_by(n);
+            }
+        }
+        // A batch hit by a fatal producer error is never acknowledged: its offsets stay
+        // uncommitted and the records are replayed after the restart.
+        if !self.failed.load(Ordering::Relaxed) {
+            tracker.ack(self.offsets.iter().copied());
+        }
+    }
+}
+
+/// What to do with a message the producer could not deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The producer instance is unusable (idempotence state lost): stop, restart, replay.
+    Fatal,
+    /// Refused for its own content (too large, invalid): dead-letter the record.
+    DeadLetter(&'static str),
+    /// Possibly transient (timed out, topic missing, leader unavailable): produce it
+    /// again after a backoff; dead-lettered after a few attempts.
+    Retry,
+    /// Purged while the producer shuts down: leave it unacknowledged (replayed on restart).
+    Abandon,
+}
+
+/// Classifies a delivery error.
+pub fn disposition(code: Option<RDKafkaErrorCode>) -> Disposition {
+    use RDKafkaErrorCode as E;
+    match code {
+        Some(E::Fatal | E::OutOfOrderSequenceNumber | E::InvalidProducerEpoch) => {
+            Disposition::Fatal
+        }
+        Some(E::MessageSizeTooLarge | E::InvalidMessageSize | E::MessageBatchTooLarge) => {
+            Disposition::DeadLetter("output_too_large")
+        }
+        Some(
+            E::InvalidMessage
+            | E::InvalidRecord
+            | E::InvalidTimestamp
+            | E::InvalidRequiredAcks
+            | E::BadMessage
+            | E::InvalidArgument,
+        ) => Disposition::DeadLetter("output_rejected"),
+        Some(E::PurgeQueue | E::PurgeInflight) => Disposition::Abandon,
+        _ => Disposition::Retry,
+    }
+}
+
+/// A message the producer refused or could not deliver, handed back to the sink.
+#[derive(Debug)]
+pub struct Refused {
+    pub output: Output,
+    pub topic: String,
+    /// The input record the message was for.
+    pub record: (i32, i64),
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub error: String,
+    pub disposition: Disposition,
+    pub pending: Arc<Pending>,
+}
+
+/// The input record an output message belongs to: every output (score, alert, dead
+/// letter) carries the record's `partition` and `offset`. Read only for a refused message.
+fn record_of(payload: &[u8]) -> Option<(i32, i64)> {
+    #[derive(serde::Deserialize)]
+    struct Coordinates {
+        partition: i32,
+        offset: i64,
+    }
+    serde_json::from_slice::<Coordinates>(payload)
+        .ok()
+        .map(|c| (c.partition, c.offset))
 }
 
 pub struct DeliveryContext {
     tracker: Arc<OffsetTracker>,
     metrics: Arc<Metrics>,
     topics: [String; 3],
+    /// Fatal producer errors: the pipeline stops (a restart replays what is unacknowledged).
     failures: Sender<String>,
+    /// Messages refused for their own sake: the sink dead-letters or retries them.
+    refused: Sender<Refused>,
 }
 
 impl DeliveryContext {
@@ -110,6 +227,7 @@ impl DeliveryContext {
         tracker: Arc<OffsetTracker>,
         metrics: Arc<Metrics>,
         failures: Sender<String>,
+        refused: Sender<Refused>,
     ) -> Self {
         DeliveryContext {
             tracker,
@@ -120,46 +238,128 @@ impl DeliveryContext {
                 k.dlq_topic.clone(),
             ],
             failures,
+            refused,
         }
+    }
+
+    fn output(&self, topic: &str) -> Option<Output> {
+        match self.topics.iter().position(|t| t == topic) {
+            Some(0) => Some(Output::Scores),
+            Some(1) => Some(Output::Alerts),
+            Some(2) => Some(Output::Dlq),
+            _ => None,
+        }
+    }
+
+    /// Acknowledges one message of `pending` as done.
+    pub fn done(&self, pending: &Pending, output: Option<Output>) {
+        pending.done_one(output, &self.tracker, &self.metrics);
+    }
+
+    pub fn tracker(&self) -> &Arc<OffsetTracker> {
+        &self.tracker
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn dlq_topic(&self) -> &str {
+        &self.topics[Output::Dlq as usize]
     }
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error("producer", &error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Arc<Pending>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Arc<Pending>) {
-        match result {
-            Ok(msg) => {
-                if let Some(i) = self.topics.iter().position(|t| t == msg.topic()) {
-                    pending.delivered[i].fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err((err, msg)) => {
-                self.metrics.producer_errors.inc();
+        let (err, msg) = match result {
+            Ok(msg) => return self.done(&pending, self.output(msg.topic())),
+            Err((err, msg)) => (err, msg),
+        };
+        self.metrics.producer_errors.inc();
+        let output = self.output(msg.topic()).unwrap_or(Output::Scores);
+        let payload = msg.payload().unwrap_or_default();
+        let record = record_of(payload).unwrap_or((msg.partition(), -1));
+        let disposition = disposition(err.rdkafka_error_code());
+        match disposition {
+            Disposition::Fatal => {
                 pending.failed.store(true, Ordering::Relaxed);
                 let _ = self
                     .failures
                     .try_send(format!("delivery to {} failed: {err}", msg.topic()));
+                self.done(&pending, None);
             }
-        }
-        if pending.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            for (i, name) in crate::telemetry::OUTPUTS.iter().enumerate() {
-                let n = pending.delivered[i].load(Ordering::Relaxed);
-                if n > 0 {
-                    self.metrics
-                        .messages_produced
-                        .with_label_values(&[name])
-                        .inc_by(n);
+            Disposition::Abandon => {
+                pending.failed.store(true, Ordering::Relaxed);
+                self.done(&pending, None);
+            }
+            Disposition::DeadLetter(_) | Disposition::Retry => {
+                // The replacement (a retry or the dead letter) completes the batch instead.
+                pending.add_one();
+                let refused = Refused {
+                    output,
+                    topic: msg.topic().to_string(),
+                    record,
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    error: err.to_string(),
+                    disposition,
+                    pending: pending.clone(),
+                };
+                if let Err(e) = self.refused.try_send(refused) {
+                    // The sink has stopped: leave the record unacknowledged (replayed).
+                    let r = e.into_inner();
+                    r.pending.failed.store(true, Ordering::Relaxed);
+                    self.done(&r.pending, None);
                 }
-            }
-            // A batch with any failed output is never acknowledged: its offsets stay
-            // uncommitted and the records are replayed after the restart.
-            if !pending.failed.load(Ordering::Relaxed) {
-                self.tracker.ack(pending.offsets.iter().copied());
+                self.done(&pending, None);
             }
         }
+    }
+}
+
+/// Logs a client-level error (the broker unreachable, authentication or TLS refused) with
+/// the setting to check. librdkafka retries these itself; the probe reports readiness.
+pub fn log_client_error(client: &str, error: &KafkaError, reason: &str) {
+    match hint(error.rdkafka_error_code(), reason) {
+        Some(hint) => tracing::error!(client, error = %error, reason, hint, "kafka client error"),
+        None => tracing::warn!(client, error = %error, reason, "kafka client error"),
+    }
+}
+
+/// The setting to check for a connection error, when it names one.
+pub fn hint(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<&'static str> {
+    let r = reason.to_ascii_lowercase();
+    match code {
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+            Some(
+                "SASL authentication failed: check kafka.properties.sasl.username, \
+                 sasl.password and sasl.mechanism",
+            )
+        }
+        Some(RDKafkaErrorCode::SSL) | None if r.contains("certificate verify failed") => Some(
+            "the broker's TLS certificate is not trusted: check kafka.properties.ssl.ca.location \
+             (the CA that signed it) and that kafka.brokers uses the name in the certificate",
+        ),
+        Some(RDKafkaErrorCode::SSL) => Some(
+            "TLS handshake failed: check kafka.properties.security.protocol (SSL or SASL_SSL \
+             for a TLS listener) and the kafka.properties.ssl.* settings",
+        ),
+        _ if r.contains("authentication") || r.contains("sasl") => Some(
+            "SASL authentication failed: check kafka.properties.sasl.username, sasl.password, \
+             sasl.mechanism and security.protocol",
+        ),
+        _ if r.contains("ssl") || r.contains("tls") || r.contains("handshake") => {
+            Some("TLS failed: check kafka.properties.security.protocol and ssl.* settings")
+        }
+        _ => None,
     }
 }
 
@@ -172,6 +372,10 @@ pub struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error("consumer", &error, reason);
+    }
+
     /// librdkafka statistics (every `statistics.interval.ms`): per-partition consumer lag.
     fn stats(&self, stats: Statistics) {
         let Some(topic) = stats.topics.get(&self.topic) else {

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod kafka;
 pub mod offsets;
 pub mod output;
+pub mod probe;
 pub mod score;
 pub mod sink;
 pub mod source;
@@ -107,11 +108,25 @@ pub struct Scored {
     pub model_version: u64,
     /// For each record flagged as an anomaly (by index), its top contributing features.
     pub explanations: Vec<(usize, Vec<Contribution>)>,
+    /// The records' feature vectors, row-major (moved from the batch, not copied).
+    pub features: Vec<f32>,
 }
 
 impl Scored {
     pub fn is_anomaly(&self, i: usize) -> bool {
         self.anomalies[i]
+    }
+
+    /// Whether record `i` got a usable score. One that did not (the model overflowed on
+    /// it) is dead-lettered instead of scored, and never judged or trained on.
+    pub fn is_scored(&self, i: usize) -> bool {
+        self.scores[i].is_finite()
+    }
+
+    /// The feature vector of record `i`.
+    pub fn features_of(&self, i: usize) -> &[f32] {
+        let dim = self.features.len() / self.metas.len().max(1);
+        &self.features[i * dim..(i + 1) * dim]
     }
 
     /// The top contributing features of record `i`, when it is an anomaly.

@@ -35,22 +35,35 @@ pub struct FeatureShare<'a> {
     pub share: f32,
 }
 
+/// How many bytes of the original record a dead letter carries at most. Escaped as JSON
+/// (at worst six bytes a byte) a dead letter stays far below the broker's default 1 MB
+/// message limit, so a huge or binary record cannot make its own dead letter fail.
+pub const DLQ_PAYLOAD_MAX: usize = 32 * 1024;
+
 #[derive(Debug, Serialize)]
 pub struct DeadLetter<'a> {
     pub partition: i32,
     pub offset: i64,
     pub reason: &'a str,
     pub detail: &'a str,
-    /// The original bytes when they are UTF-8, else absent (see `payload_base64`).
+    /// The original bytes when they are UTF-8 (their first [`DLQ_PAYLOAD_MAX`] bytes when
+    /// longer), else absent (see `payload_base64`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// The length of the whole original payload, and its SHA-256 (hex), so a truncated
+    /// payload can still be matched against the input topic.
+    pub payload_bytes: usize,
+    pub payload_sha256: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub payload_truncated: bool,
 }
 
 impl<'a> DeadLetter<'a> {
     pub fn new(meta: (i32, i64), reason: &'a str, detail: &'a str, bytes: &'a [u8]) -> Self {
-        let text = std::str::from_utf8(bytes).ok();
+        let (kept, truncated) = prefix(bytes, DLQ_PAYLOAD_MAX);
+        let text = std::str::from_utf8(kept).ok();
         DeadLetter {
             partition: meta.0,
             offset: meta.1,
@@ -59,10 +72,35 @@ impl<'a> DeadLetter<'a> {
             payload: text,
             payload_base64: match text {
                 Some(_) => None,
-                None => Some(base64_encode(bytes)),
+                None => Some(base64_encode(kept)),
             },
+            payload_bytes: bytes.len(),
+            payload_sha256: sha256_hex(bytes),
+            payload_truncated: truncated,
         }
     }
+}
+
+/// The first `max` bytes of `bytes`, cut back to a UTF-8 character boundary when the bytes
+/// are text, and whether anything was cut.
+fn prefix(bytes: &[u8], max: usize) -> (&[u8], bool) {
+    if bytes.len() <= max {
+        return (bytes, false);
+    }
+    let cut = match std::str::from_utf8(&bytes[..max]) {
+        Ok(_) => max,
+        // Text cut inside a character: drop the partial character only.
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => max,
+    };
+    (&bytes[..cut], true)
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Standard base64 with padding (RFC 4648), for non-UTF-8 dead letters.
@@ -128,5 +166,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
         assert_eq!(v["payload_base64"], "/wA=");
         assert!(v.get("payload").is_none());
+        assert_eq!(v["payload_bytes"], 2);
+        assert_eq!(
+            v["payload_sha256"],
+            "ea5dbf9596d187e9500f23e9a680109475341cf4e81f7e043f7d97152c10772f"
+        );
+    }
+
+    #[test]
+    fn dead_letter_of_a_huge_record_is_bounded_and_identifies_the_whole() {
+        // 200k control bytes: escaped whole they would be 1.2 MB of JSON.
+        let huge = vec![0x01u8; 200_000];
+        let dl = DeadLetter::new((0, 1), "invalid_json", "x", &huge);
+        let mut buf = Vec::new();
+        encode(&dl, &mut buf);
+        assert!(buf.len() < 7 * DLQ_PAYLOAD_MAX, "{} bytes", buf.len());
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
+        assert_eq!(v["payload"].as_str().map(str::len), Some(DLQ_PAYLOAD_MAX));
+        assert_eq!(v["payload_bytes"], 200_000);
+        assert_eq!(v["payload_truncated"], true);
+        assert_eq!(v["payload_sha256"], sha256_hex(&huge));
+        // Multi-byte text is cut at a character boundary, never inside one.
+        let text = "é".repeat(DLQ_PAYLOAD_MAX);
+        let dl = DeadLetter::new((0, 2), "invalid_json", "x", text.as_bytes());
+        assert_eq!(dl.payload.map(str::len), Some(DLQ_PAYLOAD_MAX));
+        let odd = format!("a{text}");
+        let dl = DeadLetter::new((0, 3), "invalid_json", "x", odd.as_bytes());
+        assert_eq!(dl.payload.map(str::len), Some(DLQ_PAYLOAD_MAX - 1));
+        assert!(dl.payload_truncated);
     }
 }

@@ -88,12 +88,14 @@ impl Retrainer {
         })
     }
 
-    fn observe(&mut self, features: &[f32], scored: &Scored, metrics: &Metrics) {
-        let dim = features.len() / scored.metas.len().max(1);
+    fn observe(&mut self, scored: &Scored, metrics: &Metrics) {
         for (i, meta) in scored.metas.iter().enumerate() {
+            if !scored.is_scored(i) {
+                continue; // never trained on
+            }
             let anomaly = scored.anomalies[i];
             self.window
-                .observe(&features[i * dim..(i + 1) * dim], meta.offset, anomaly);
+                .observe(scored.features_of(i), meta.offset, anomaly);
             self.recent.push_back(anomaly);
             self.recent_alerts += usize::from(anomaly);
             if self.recent.len() as u64 > self.policy.drift_records.max(1) {
@@ -389,7 +391,6 @@ impl Scorer {
     pub fn push(&mut self, batch: Batch) -> Result<Vec<Scored>, ModelError> {
         self.poll_trainer();
         if let Some(det) = &self.detector {
-            let features = self.retrainer.as_ref().map(|_| batch.features.clone());
             let started = Instant::now();
             let scored = score_batch(
                 det,
@@ -402,13 +403,13 @@ impl Scorer {
                 batch,
             )?;
             self.metrics.threshold.set(self.threshold.current() as f64);
-            if let (Some(r), Some(f)) = (self.retrainer.as_mut(), features) {
+            if let Some(r) = self.retrainer.as_mut() {
                 if r.in_flight {
                     self.metrics
                         .scoring_duration_training
                         .observe(started.elapsed().as_secs_f64());
                 }
-                r.observe(&f, &scored, &self.metrics);
+                r.observe(&scored, &self.metrics);
                 if let Some(trigger) = r.due() {
                     r.start(det, &self.settings, trigger)?;
                 }
@@ -532,7 +533,23 @@ fn score_batch(
     let mut top_counts = vec![0u64; dim];
     let score_hist = metrics.score.local();
     let norm_hist = metrics.normalized_score.local();
+    let mut unscored = 0u64;
     for (i, &s) in out.scores.iter().enumerate() {
+        if !s.is_finite() {
+            // No usable score (the model overflowed on extreme values): the sink
+            // dead-letters the record; thresholds and likelihoods never see it.
+            unscored += 1;
+            thresholds.push(threshold.current());
+            anomalies.push(false);
+            normalized.push(f32::NAN);
+            if let Some(k) = keyed.as_deref() {
+                likelihood.push(f32::NAN);
+                if k.discord().is_some() {
+                    discord.push(f32::NAN);
+                }
+            }
+            continue;
+        }
         let (t, mut anomaly) = threshold.judge(s);
         if let Some(k) = keyed.as_deref_mut() {
             let row = &batch.features[i * dim..(i + 1) * dim];
@@ -583,7 +600,7 @@ fn score_batch(
         .scoring_duration
         .observe(started.elapsed().as_secs_f64());
     metrics.batch_size.observe(n as f64);
-    metrics.records_scored.inc_by(n as u64);
+    metrics.records_scored.inc_by(n as u64 - unscored);
     metrics.anomalies.inc_by(explanations.len() as u64);
     for (f, &c) in top_counts.iter().enumerate() {
         if c > 0 {
@@ -603,6 +620,7 @@ fn score_batch(
         discord,
         model_version: det.version(),
         explanations,
+        features: batch.features,
     })
 }
 

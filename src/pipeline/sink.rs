@@ -1,96 +1,382 @@
-//! The sink stage: writes one score message per record to the scores topic and one alert
-//! per anomaly to the alerts topic. Each batch's offsets are acknowledged (by the producer's
-//! delivery callback) only once all of its messages are delivered.
+//! The sink stage: the one place that produces outputs. It writes one score message per
+//! record to the scores topic, one alert per anomaly to the alerts topic, and one dead letter
+//! per record that cannot be scored: undecodable (sent by the source), scored to a
+//! non-finite value, or whose output the broker refused (handed back by the producer's
+//! delivery callback). Each batch's offsets are acknowledged only once every message for it
+//! is done, so no record is committed without its outputs, and no record can stop its
+//! partition: what the broker refuses for that record alone ends on the dead-letter topic,
+//! and a dead letter the broker refuses as well is counted, logged and acknowledged.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, never, select};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::BaseRecord;
+use rdkafka::producer::{BaseRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio_util::sync::CancellationToken;
 
 use super::Scored;
-use super::kafka::{Pending, Producer};
+use super::kafka::{Disposition, Output, Pending, Producer, Refused, disposition};
 use super::offsets::OffsetTracker;
-use super::output::{encode, score_message};
+use super::output::{DeadLetter, encode, score_message};
 use crate::error::PipelineError;
+use crate::telemetry::Metrics;
+
+/// A record for the dead-letter topic, from the source (undecodable).
+#[derive(Debug)]
+pub struct DeadJob {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// The longest record key a dead letter carries as its Kafka key; a longer one (which may
+/// be why the outputs were refused) is left out (the payload prefix still shows it).
+const DLQ_KEY_MAX: usize = 1024;
+/// Attempts at a message whose delivery failed for a possibly transient reason before the
+/// record is dead-lettered (an output) or given up (a dead letter).
+const OUTPUT_ATTEMPTS: u32 = 5;
+const DLQ_ATTEMPTS: u32 = 3;
 
 pub struct Sink {
     pub producer: Arc<Producer>,
     pub scores_topic: String,
     pub alerts_topic: String,
+    pub dlq_topic: String,
     pub feature_names: Vec<String>,
+    pub tracker: Arc<OffsetTracker>,
+    pub metrics: Arc<Metrics>,
     /// The trainer role produces nothing: each batch's offsets are acknowledged here as
     /// soon as it is scored (the retraining window has seen it).
-    pub discard: Option<Arc<OffsetTracker>>,
+    pub discard: bool,
+    pub drain_timeout: Duration,
+    pub cancel: CancellationToken,
 }
 
-/// Enqueues a message, waiting while the producer's queue is full.
-pub fn send(
-    producer: &Producer,
-    mut record: BaseRecord<'_, [u8], [u8], Arc<Pending>>,
-) -> Result<(), PipelineError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(PipelineError::Produce(e.to_string())),
-        }
+/// A refused message waiting for its next attempt.
+struct Retry {
+    due: Instant,
+    refused: Refused,
+}
+
+/// The sink's running state: messages to try again, and attempts so far per message.
+#[derive(Default)]
+struct Retries {
+    queue: VecDeque<Retry>,
+    attempts: HashMap<(Output, i32, i64), u32>,
+}
+
+impl Retries {
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.iter().map(|r| r.due).min()
+    }
+
+    fn take_due(&mut self) -> Vec<Refused> {
+        let now = Instant::now();
+        let (due, wait): (Vec<Retry>, Vec<Retry>) =
+            self.queue.drain(..).partition(|r| r.due <= now);
+        self.queue = wait.into();
+        due.into_iter().map(|r| r.refused).collect()
     }
 }
 
 impl Sink {
-    /// Runs until the scorer's channel closes. `_done` is dropped on return, which tells the
-    /// source that every output has been handed to the producer.
+    /// Runs until the scorer's and the source's channels close, then waits (up to the drain
+    /// deadline) for every message to be delivered or dead-lettered. `_done` is dropped on
+    /// return, which tells the source that it may make its final commit.
     pub fn run(
         self,
         scored: Receiver<Scored>,
+        dead: Receiver<DeadJob>,
+        refused: Receiver<Refused>,
         _done: crossbeam_channel::Sender<()>,
     ) -> Result<(), PipelineError> {
         let mut buf = Vec::with_capacity(512);
-        for batch in scored {
-            if let Some(tracker) = &self.discard {
-                tracker.ack(batch.metas.iter().map(|m| (m.partition, m.offset)));
-                continue;
+        let mut retries = Retries::default();
+        let (mut scored, mut dead) = (scored, dead);
+        let mut open = 2;
+        while open > 0 {
+            let wait = retries.next_due().map_or(Duration::from_millis(200), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            select! {
+                recv(scored) -> m => match m {
+                    Ok(batch) => self.write(batch, &mut buf, &mut retries)?,
+                    Err(_) => { scored = never(); open -= 1; }
+                },
+                recv(dead) -> m => match m {
+                    Ok(job) => self.dead_letter(job, &mut buf, &mut retries)?,
+                    Err(_) => { dead = never(); open -= 1; }
+                },
+                recv(refused) -> m => if let Ok(r) = m {
+                    self.handle(r, &mut buf, &mut retries)?;
+                },
+                default(wait) => {}
             }
-            let offsets: Vec<(i32, i64)> = batch
-                .metas
-                .iter()
-                .map(|m| (m.partition, m.offset))
-                .collect();
-            let pending = Pending::new(batch.metas.len() + batch.explanations.len(), offsets);
-            for i in 0..batch.metas.len() {
-                let key = batch.metas[i].key.as_deref().map(str::as_bytes);
-                encode(
-                    &score_message(&batch, i, None, &self.feature_names),
-                    &mut buf,
-                );
-                self.produce(&self.scores_topic, key, &buf, &pending)?;
-                if let Some(why) = batch.explanation(i) {
-                    let msg = score_message(&batch, i, Some(why), &self.feature_names);
-                    encode(&msg, &mut buf);
-                    self.produce(&self.alerts_topic, key, &buf, &pending)?;
-                }
+            for r in retries.take_due() {
+                self.retry(r, &mut buf, &mut retries)?;
+            }
+        }
+        // Drain: the producer delivers what it holds; refusals are still dead-lettered.
+        let deadline = Instant::now() + self.drain_timeout;
+        while Instant::now() < deadline {
+            if self.producer.in_flight_count() == 0
+                && retries.queue.is_empty()
+                && refused.is_empty()
+            {
+                break;
+            }
+            if let Ok(r) = refused.recv_timeout(Duration::from_millis(20)) {
+                self.handle(r, &mut buf, &mut retries)?;
+            }
+            for r in retries.take_due() {
+                self.retry(r, &mut buf, &mut retries)?;
             }
         }
         Ok(())
     }
 
+    fn write(
+        &self,
+        batch: Scored,
+        buf: &mut Vec<u8>,
+        retries: &mut Retries,
+    ) -> Result<(), PipelineError> {
+        if self.discard {
+            self.tracker
+                .ack(batch.metas.iter().map(|m| (m.partition, m.offset)));
+            return Ok(());
+        }
+        let offsets: Vec<(i32, i64)> = batch
+            .metas
+            .iter()
+            .map(|m| (m.partition, m.offset))
+            .collect();
+        let pending = Pending::new(batch.metas.len() + batch.explanations.len(), offsets);
+        let mut unscorable = 0u64;
+        for i in 0..batch.metas.len() {
+            let meta = &batch.metas[i];
+            let key = meta.key.as_deref().map(str::as_bytes);
+            if !batch.is_scored(i) {
+                // The model gave no usable score: the record goes to the dead-letter topic
+                // (its features are what the input held: they decoded as finite numbers).
+                unscorable += 1;
+                let detail = format!(
+                    "the model scored the record {} (model version {})",
+                    batch.scores[i], batch.model_version
+                );
+                let mut features = Vec::new();
+                let row = batch.features_of(i);
+                let _ = serde_json::to_writer(&mut features, &row);
+                let dl = DeadLetter::new(
+                    (meta.partition, meta.offset),
+                    "non_finite_score",
+                    &detail,
+                    &features,
+                );
+                encode(&dl, buf);
+                self.produce(
+                    Output::Dlq,
+                    key,
+                    buf,
+                    &pending,
+                    (meta.partition, meta.offset),
+                    retries,
+                )?;
+                continue;
+            }
+            encode(&score_message(&batch, i, None, &self.feature_names), buf);
+            self.produce(
+                Output::Scores,
+                key,
+                buf,
+                &pending,
+                (meta.partition, meta.offset),
+                retries,
+            )?;
+            if let Some(why) = batch.explanation(i) {
+                let msg = score_message(&batch, i, Some(why), &self.feature_names);
+                encode(&msg, buf);
+                self.produce(
+                    Output::Alerts,
+                    key,
+                    buf,
+                    &pending,
+                    (meta.partition, meta.offset),
+                    retries,
+                )?;
+            }
+        }
+        if unscorable > 0 {
+            self.metrics
+                .dead_letters
+                .with_label_values(&["non_finite_score"])
+                .inc_by(unscorable);
+        }
+        Ok(())
+    }
+
+    fn dead_letter(
+        &self,
+        job: DeadJob,
+        buf: &mut Vec<u8>,
+        retries: &mut Retries,
+    ) -> Result<(), PipelineError> {
+        let record = (job.partition, job.offset);
+        encode(
+            &DeadLetter::new(record, job.reason, &job.detail, &job.payload),
+            buf,
+        );
+        let pending = Pending::new(1, vec![record]);
+        let key = job.key.as_deref().filter(|k| k.len() <= DLQ_KEY_MAX);
+        self.produce(Output::Dlq, key, buf, &pending, record, retries)
+    }
+
+    fn topic(&self, output: Output) -> &str {
+        match output {
+            Output::Scores => &self.scores_topic,
+            Output::Alerts => &self.alerts_topic,
+            Output::Dlq => &self.dlq_topic,
+        }
+    }
+
+    /// Hands a message to the producer, waiting while its queue is full. A message refused
+    /// at once (too large for `message.max.bytes`) is handled like a failed delivery.
     fn produce(
         &self,
-        topic: &str,
+        output: Output,
         key: Option<&[u8]>,
         payload: &[u8],
         pending: &Arc<Pending>,
+        record: (i32, i64),
+        retries: &mut Retries,
     ) -> Result<(), PipelineError> {
-        let mut record = BaseRecord::with_opaque_to(topic, pending.clone()).payload(payload);
+        let topic = self.topic(output);
+        let mut msg = BaseRecord::with_opaque_to(topic, pending.clone()).payload(payload);
         if let Some(k) = key {
-            record = record.key(k);
+            msg = msg.key(k);
         }
-        send(&self.producer, record)
+        let mut cancelled_at: Option<Instant> = None;
+        loop {
+            match self.producer.send(msg) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), m)) => {
+                    // The broker is slow or away; the source pauses meanwhile. At shutdown
+                    // give up after the drain deadline (the record stays uncommitted).
+                    if self.cancel.is_cancelled() {
+                        let since = *cancelled_at.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= self.drain_timeout {
+                            return Ok(());
+                        }
+                    }
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    self.metrics.producer_errors.inc();
+                    let refused = Refused {
+                        output,
+                        topic: topic.to_string(),
+                        record,
+                        key: key.map(<[u8]>::to_vec),
+                        payload: payload.to_vec(),
+                        disposition: disposition(e.rdkafka_error_code()),
+                        error: e.to_string(),
+                        pending: pending.clone(),
+                    };
+                    let mut buf = Vec::new();
+                    return self.handle(refused, &mut buf, retries);
+                }
+            }
+        }
+    }
+
+    /// Decides what becomes of a refused message, whose slot in its batch is still open.
+    fn handle(
+        &self,
+        r: Refused,
+        buf: &mut Vec<u8>,
+        retries: &mut Retries,
+    ) -> Result<(), PipelineError> {
+        let id = (r.output, r.record.0, r.record.1);
+        let attempts = retries.attempts.get(&id).copied().unwrap_or(0) + 1;
+        let limit = if r.output == Output::Dlq {
+            DLQ_ATTEMPTS
+        } else {
+            OUTPUT_ATTEMPTS
+        };
+        let reason = match r.disposition {
+            Disposition::Fatal => return Err(PipelineError::Produce(r.error)),
+            Disposition::Abandon => {
+                r.pending.done_one(None, &self.tracker, &self.metrics);
+                return Ok(());
+            }
+            Disposition::Retry if attempts < limit => {
+                retries.attempts.insert(id, attempts);
+                let backoff = Duration::from_millis(250 << attempts.min(6));
+                tracing::warn!(
+                    output = r.output.as_str(),
+                    partition = r.record.0,
+                    offset = r.record.1,
+                    attempts,
+                    error = %r.error,
+                    "output not delivered; trying again"
+                );
+                retries.queue.push_back(Retry {
+                    due: Instant::now() + backoff,
+                    refused: r,
+                });
+                return Ok(());
+            }
+            Disposition::Retry => "output_rejected",
+            Disposition::DeadLetter(reason) => reason,
+        };
+        retries.attempts.remove(&id);
+        if r.output == Output::Dlq {
+            // Even the dead letter was refused: never retried forever. The record is
+            // acknowledged so its partition moves on; the log names it.
+            self.metrics
+                .records_dropped
+                .with_label_values(&["dlq_refused"])
+                .inc();
+            tracing::error!(
+                partition = r.record.0,
+                offset = r.record.1,
+                topic = %r.topic,
+                error = %r.error,
+                "the dead letter was refused too: record acknowledged without output"
+            );
+            r.pending.done_one(None, &self.tracker, &self.metrics);
+            return Ok(());
+        }
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+        let detail = format!(
+            "the {} message ({} bytes) was not accepted: {}",
+            r.output.as_str(),
+            r.payload.len(),
+            r.error
+        );
+        encode(&DeadLetter::new(r.record, reason, &detail, &r.payload), buf);
+        let key = r.key.as_deref().filter(|k| k.len() <= DLQ_KEY_MAX);
+        let payload = std::mem::take(buf);
+        let result = self.produce(Output::Dlq, key, &payload, &r.pending, r.record, retries);
+        *buf = payload;
+        result
+    }
+
+    /// Produces a refused message again (its slot in the batch is still open).
+    fn retry(
+        &self,
+        r: Refused,
+        _buf: &mut Vec<u8>,
+        retries: &mut Retries,
+    ) -> Result<(), PipelineError> {
+        let key = r.key.as_deref();
+        self.produce(r.output, key, &r.payload, &r.pending, r.record, retries)
     }
 }

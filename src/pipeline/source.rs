@@ -1,22 +1,27 @@
 //! The source stage: polls the input topic in the consumer group, decodes each record
-//! (window mode: appends it to its key's window), sends the good ones on to the batcher
-//! and the undecodable ones to the dead-letter topic. It owns the consumer, so it also
-//! stores completed offsets for commit, and on shutdown it waits for the stages after it
-//! to drain before the final commit.
+//! (window mode: appends it to its key's window), and hands the good ones to the batcher and
+//! the undecodable ones to the sink for the dead-letter topic. It owns the consumer, so it
+//! also stores completed offsets for commit, and on shutdown it waits for the stages after
+//! it to drain before the final commit.
+//!
+//! It never blocks on the stages after it: when they are full (a channel, or more than
+//! `pipeline.max_in_flight` records consumed but not yet delivered), it pauses its
+//! partitions and keeps polling, so the consumer stays in its group (heartbeats, rebalances)
+//! and a shutdown is noticed at once, however slow the scorer or the broker is.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::BaseRecord;
 use tokio_util::sync::CancellationToken;
 
 use super::decode::{DecodeError, DecodeErrorCode, Decoder};
-use super::kafka::{Consumer_, Pending, Producer, store_positions};
+use super::kafka::{Consumer_, store_positions};
 use super::offsets::OffsetTracker;
-use super::output::{DeadLetter, encode};
+use super::sink::DeadJob;
 use super::window::Shaper;
 use super::{Meta, Record, Timestamp};
 use crate::config::InputSpec;
@@ -25,24 +30,35 @@ use crate::telemetry::Metrics;
 
 /// How long one poll waits; bounds how quickly the source notices shutdown.
 const POLL: Duration = Duration::from_millis(100);
+/// How long one poll waits while the stages after the source are full.
+const POLL_PAUSED: Duration = Duration::from_millis(10);
+/// How often completed offsets are stored for the next commit.
+const STORE_EVERY: Duration = Duration::from_millis(50);
 
 pub struct Source {
     pub consumer: Consumer_,
-    pub producer: Arc<Producer>,
     pub tracker: Arc<OffsetTracker>,
     pub metrics: Arc<Metrics>,
     pub input: InputSpec,
     pub topic: String,
-    pub dlq_topic: String,
     /// `false` for the trainer role: undecodable records are only counted (the scorers
     /// dead-letter them) and their offsets acknowledged.
     pub dead_letters: bool,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
-    /// Delivery failures reported by the producer: fatal.
+    /// Records consumed but not yet delivered, at most (the source pauses beyond it). It
+    /// bounds the records a crash replays (see README, "Delivery guarantees").
+    pub max_in_flight: usize,
+    /// Fatal producer errors: the pipeline stops.
     pub failures: Receiver<String>,
-    /// Closed when the sink has finished (all outputs handed to the producer).
+    /// Closed when the sink has finished (every output delivered or dead-lettered).
     pub sink_done: Receiver<()>,
+}
+
+/// What the source hands on: a record to score, or an undecodable one to dead-letter.
+enum Item {
+    Record(Record),
+    Dead(DeadJob),
 }
 
 /// Decodes one consumed message into a record (window mode updates the key's window).
@@ -51,9 +67,12 @@ fn to_record(
     shaper: &mut Shaper,
     msg: &BorrowedMessage<'_>,
 ) -> Result<Record, DecodeError> {
-    let payload = msg
-        .payload()
-        .ok_or_else(|| DecodeError::new(DecodeErrorCode::InvalidJson, "empty payload"))?;
+    let payload = msg.payload().ok_or_else(|| {
+        DecodeError::new(
+            DecodeErrorCode::InvalidJson,
+            "empty payload (a tombstone or a null value)",
+        )
+    })?;
     let d = decoder.decode(payload)?;
     let timestamp = match (d.timestamp, msg.timestamp().to_millis()) {
         (Timestamp::None, Some(ms)) => Timestamp::Number(ms as f64),
@@ -71,56 +90,129 @@ fn to_record(
     })
 }
 
+/// Offsets stored since the last explicit commit, in records.
+#[derive(Default)]
+struct Stored {
+    positions: HashMap<i32, i64>,
+    since_commit: u64,
+}
+
 impl Source {
     pub fn run(
         self,
         records: Sender<Record>,
+        dead: Sender<DeadJob>,
         cancel: CancellationToken,
     ) -> Result<(), PipelineError> {
         self.consumer.subscribe(&[&self.topic])?;
         tracing::info!(topic = %self.topic, "consuming");
         let decoder = Decoder::new(&self.input);
         let mut shaper = Shaper::new(&self.input);
-        let mut dlq_buf = Vec::new();
+        let mut held: VecDeque<Item> = VecDeque::new();
+        let mut paused = false;
         let mut consumed = 0u64;
+        let mut stored = Stored::default();
         let mut last_store = Instant::now();
-        let result = loop {
+        let mut last_commit = Instant::now();
+        let result = 'run: loop {
             if cancel.is_cancelled() {
                 break Ok(());
             }
             if let Ok(reason) = self.failures.try_recv() {
                 break Err(PipelineError::Produce(reason));
             }
-            match self.consumer.poll(POLL) {
+            // Hand on what is decoded, as far as the next stages take it.
+            while let Some(item) = held.pop_front() {
+                let sent = match item {
+                    Item::Record(r) => records.try_send(r).map_err(|e| match e {
+                        TrySendError::Full(r) => Some(Item::Record(r)),
+                        TrySendError::Disconnected(_) => None,
+                    }),
+                    Item::Dead(d) => dead.try_send(d).map_err(|e| match e {
+                        TrySendError::Full(d) => Some(Item::Dead(d)),
+                        TrySendError::Disconnected(_) => None,
+                    }),
+                };
+                match sent {
+                    Ok(()) => {}
+                    Err(Some(item)) => {
+                        held.push_front(item);
+                        break;
+                    }
+                    // A later stage stopped; its error is reported.
+                    Err(None) => break 'run Ok(()),
+                }
+            }
+            let full = !held.is_empty() || self.tracker.pending() >= self.max_in_flight;
+            if full {
+                // Re-paused every round: a rebalance may have assigned new partitions.
+                self.pause(true);
+            } else if paused {
+                self.pause(false);
+            }
+            if full != paused {
+                self.metrics.source_paused.set(i64::from(full));
+                paused = full;
+            }
+            match self.consumer.poll(if full { POLL_PAUSED } else { POLL }) {
                 None => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 Some(Ok(msg)) => {
                     consumed += 1;
                     self.tracker.register(msg.partition(), msg.offset());
                     match to_record(&decoder, &mut shaper, &msg) {
-                        Ok(record) => {
-                            if records.send(record).is_err() {
-                                break Ok(()); // a later stage stopped; its error is reported
-                            }
-                        }
+                        Ok(record) => held.push_back(Item::Record(record)),
                         Err(e) => {
-                            if let Err(e) = self.dead_letter(&msg, &e, &mut dlq_buf) {
-                                break Err(e);
+                            if let Some(job) = self.dead_letter(&msg, e) {
+                                held.push_back(Item::Dead(job));
                             }
                         }
                     }
                 }
             }
-            if last_store.elapsed() >= self.commit_interval.min(Duration::from_millis(200)) {
+            if last_store.elapsed() >= STORE_EVERY {
                 self.flush_metrics(&mut consumed, &shaper);
-                self.store();
+                self.store(&mut stored);
                 last_store = Instant::now();
+                // Besides librdkafka's commit every kafka.commit_interval, commit as soon as
+                // half of max_in_flight records completed: what a crash replays stays
+                // bounded in records, not only in time.
+                let due = stored.since_commit > 0
+                    && (stored.since_commit as usize >= self.max_in_flight / 2
+                        || last_commit.elapsed() >= self.commit_interval);
+                if due {
+                    if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async) {
+                        tracing::debug!(error = %e, "offset commit not sent");
+                    }
+                    stored.since_commit = 0;
+                    last_commit = Instant::now();
+                }
             }
         };
         self.flush_metrics(&mut consumed, &shaper);
         drop(records);
-        self.finish();
+        drop(dead);
+        self.finish(&mut stored);
         result
+    }
+
+    /// Pauses (or resumes) every assigned partition: the consumer keeps polling, so it
+    /// stays in the group, but fetches nothing new while paused.
+    fn pause(&self, pause: bool) {
+        let Ok(assigned) = self.consumer.assignment() else {
+            return;
+        };
+        if assigned.count() == 0 {
+            return;
+        }
+        let result = if pause {
+            self.consumer.pause(&assigned)
+        } else {
+            self.consumer.resume(&assigned)
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, pause, "pause/resume failed");
+        }
     }
 
     fn flush_metrics(&self, consumed: &mut u64, shaper: &Shaper) {
@@ -139,17 +231,14 @@ impl Source {
         }
     }
 
-    fn dead_letter(
-        &self,
-        msg: &BorrowedMessage<'_>,
-        err: &DecodeError,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), PipelineError> {
+    /// The dead-letter job for an undecodable record; `None` for the trainer role, which
+    /// only counts it (the scorers dead-letter it).
+    fn dead_letter(&self, msg: &BorrowedMessage<'_>, err: DecodeError) -> Option<DeadJob> {
         let code = err.code.as_str();
         self.metrics.decode_errors.with_label_values(&[code]).inc();
         if !self.dead_letters {
             self.tracker.ack([(msg.partition(), msg.offset())]);
-            return Ok(());
+            return None;
         }
         tracing::debug!(
             partition = msg.partition(),
@@ -157,32 +246,33 @@ impl Source {
             reason = code,
             "dead letter"
         );
-        let dl = DeadLetter::new(
-            (msg.partition(), msg.offset()),
-            code,
-            &err.detail,
-            msg.payload().unwrap_or_default(),
-        );
-        encode(&dl, buf);
-        let pending = Pending::new(1, vec![(msg.partition(), msg.offset())]);
-        let mut record = BaseRecord::with_opaque_to(&self.dlq_topic, pending).payload(&buf[..]);
-        if let Some(key) = msg.key() {
-            record = record.key(key);
-        }
-        super::sink::send(&self.producer, record)
+        Some(DeadJob {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().unwrap_or_default().to_vec(),
+            reason: code,
+            detail: err.detail,
+        })
     }
 
-    fn store(&self) {
+    fn store(&self, stored: &mut Stored) {
         let positions = self.tracker.committable();
-        if !positions.is_empty() {
-            let n = store_positions(&self.consumer, &self.topic, &positions);
-            self.metrics.offsets_committed.inc_by(n as u64);
+        if positions.is_empty() {
+            return;
+        }
+        let n = store_positions(&self.consumer, &self.topic, &positions);
+        self.metrics.offsets_committed.inc_by(n as u64);
+        for (partition, pos) in positions {
+            if let Some(prev) = stored.positions.insert(partition, pos) {
+                stored.since_commit += pos.saturating_sub(prev).max(0) as u64;
+            }
         }
     }
 
-    /// Waits (up to the drain deadline) for the sink to hand over its last batch and the
-    /// producer to deliver everything, then commits what is complete and leaves the group.
-    fn finish(&self) {
+    /// Waits (up to the drain deadline) for the sink to deliver or dead-letter its last
+    /// messages, then commits what is complete and leaves the group.
+    fn finish(&self, stored: &mut Stored) {
         let deadline = Instant::now() + self.drain_timeout;
         loop {
             // Keep serving the group (heartbeats, rebalance callbacks) while draining.
@@ -192,12 +282,7 @@ impl Source {
                 _ => break,
             }
         }
-        use rdkafka::producer::Producer as _;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = self.producer.flush(left.max(Duration::from_millis(100))) {
-            tracing::warn!(error = %e, "producer did not deliver everything before the deadline");
-        }
-        self.store();
+        self.store(stored);
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
             // Nothing stored since the last commit.

@@ -48,7 +48,17 @@ pub struct Metrics {
     pub role: IntGaugeVec,
     pub models_published: IntCounterVec,
     pub models_received: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub records_dropped: IntCounterVec,
+    pub kafka_up: IntGauge,
+    pub missing_topics: IntGauge,
+    pub source_paused: IntGauge,
 }
+
+/// `reason` label values of `anomalyd_dead_letters_total`: records dead-lettered for
+/// something other than their decoding (those are `anomalyd_decode_errors_total`).
+pub const DEAD_LETTER_REASONS: [&str; 3] =
+    ["output_too_large", "output_rejected", "non_finite_score"];
 
 /// `result` label values of `anomalyd_training_runs_total`.
 pub const TRAINING_RESULTS: [&str; 3] = ["promoted", "rejected", "failed"];
@@ -152,6 +162,24 @@ impl Metrics {
         for res in ["applied", "invalid"] {
             models_received.with_label_values(&[res]);
         }
+        let dead_letters = counter_vec(
+            &r,
+            "anomalyd_dead_letters_total",
+            "Decoded records sent to the dead-letter topic instead of a score, by reason \
+             (undecodable records are anomalyd_decode_errors_total).",
+            "reason",
+        );
+        for reason in DEAD_LETTER_REASONS {
+            dead_letters.with_label_values(&[reason]);
+        }
+        let records_dropped = counter_vec(
+            &r,
+            "anomalyd_records_dropped_total",
+            "Records whose dead letter the broker refused as well: logged with partition and \
+             offset, then acknowledged so that they cannot stop their partition.",
+            "reason",
+        );
+        records_dropped.with_label_values(&["dlq_refused"]);
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -312,6 +340,25 @@ impl Metrics {
             role,
             models_published,
             models_received,
+            dead_letters,
+            records_dropped,
+            kafka_up: int_gauge(
+                &r,
+                "anomalyd_kafka_up",
+                "1 while the broker answers metadata requests, 0 while it cannot be reached \
+                 or refuses the connection (see the logs for the setting to check).",
+            ),
+            missing_topics: int_gauge(
+                &r,
+                "anomalyd_kafka_missing_topics",
+                "Configured topics (input and outputs) the broker does not have.",
+            ),
+            source_paused: int_gauge(
+                &r,
+                "anomalyd_source_paused",
+                "1 while consumption is paused because the stages after it are full \
+                 (pipeline.max_in_flight or a full channel); the group membership is kept.",
+            ),
             registry: r,
         }
     }

@@ -1,7 +1,7 @@
 //! Logs (tracing) and metrics (an owned Prometheus registry).
 
 mod metrics;
-pub use metrics::{OUTPUTS, TRAINING_RESULTS};
+pub use metrics::{DEAD_LETTER_REASONS, OUTPUTS, TRAINING_RESULTS};
 
 pub use metrics::Metrics;
 

@@ -19,8 +19,45 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+pub mod broker;
+
 pub fn brokers() -> String {
     std::env::var("ANOMALYD_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// A cluster's address and the client properties it needs (SASL, TLS).
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    pub brokers: String,
+    pub properties: Vec<(String, String)>,
+}
+
+impl Kafka {
+    /// The shared test broker that scripts/test.sh starts.
+    pub fn local() -> Self {
+        Kafka {
+            brokers: brokers(),
+            properties: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The `[kafka.properties]` table for the daemon's config.
+    pub fn properties_toml(&self) -> String {
+        let mut out = String::from("[kafka.properties]\n");
+        for (k, v) in &self.properties {
+            out.push_str(&format!("{k:?} = {v:?}\n"));
+        }
+        out
+    }
 }
 
 /// A name no other test (or earlier run) has used.
@@ -52,10 +89,29 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 pub fn create_topics(names: &[&str], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
+    Kafka::local().create_topics(names, partitions)
+}
+
+impl Kafka {
+    pub fn create_topics(&self, names: &[&str], partitions: i32) {
+        create_topics_on(self, names, partitions)
+    }
+
+    pub fn produce(&self, topic: &str, messages: &[(i32, Option<String>, Vec<u8>)]) {
+        produce_on(self, topic, messages, &[])
+    }
+
+    pub fn read_all(&self, topic: &str, partitions: i32) -> Vec<Consumed> {
+        read_all_on(self, topic, partitions)
+    }
+
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        committed_on(self, group, topic, partitions)
+    }
+}
+
+fn create_topics_on(kafka: &Kafka, names: &[&str], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = kafka.config().create().expect("admin client");
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
@@ -65,7 +121,7 @@ pub fn create_topics(names: &[&str], partitions: i32) {
             panic!(
                 "cannot reach the test broker at {} ({e}); run scripts/test.sh, or \
                  KAFKA_PORT=19092 scripts/broker.sh start",
-                brokers()
+                kafka.brokers
             )
         });
     for r in results {
@@ -77,11 +133,22 @@ pub fn create_topics(names: &[&str], partitions: i32) {
 
 /// Produces (partition, key, payload) messages and waits until all are delivered.
 pub fn produce(topic: &str, messages: &[(i32, Option<String>, Vec<u8>)]) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    produce_on(&Kafka::local(), topic, messages, &[])
+}
+
+/// Produces with extra producer properties (e.g. `compression.type`).
+pub fn produce_on(
+    kafka: &Kafka,
+    topic: &str,
+    messages: &[(i32, Option<String>, Vec<u8>)],
+    extra: &[(&str, &str)],
+) {
+    let mut config = kafka.config();
+    config.set("linger.ms", "5");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
     for (partition, key, payload) in messages {
         let mut rec = BaseRecord::to(topic).partition(*partition).payload(payload);
         if let Some(k) = key {
@@ -117,8 +184,12 @@ impl Consumed {
 
 /// Reads every message now in the topic (up to the high watermarks), without a group.
 pub fn read_all(topic: &str, partitions: i32) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    read_all_on(&Kafka::local(), topic, partitions)
+}
+
+fn read_all_on(kafka: &Kafka, topic: &str, partitions: i32) -> Vec<Consumed> {
+    let consumer: BaseConsumer = kafka
+        .config()
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
@@ -164,30 +235,40 @@ pub struct Topics {
 
 impl Topics {
     pub fn fresh(test: &str, partitions: i32) -> Self {
-        let t = Topics {
+        Self::fresh_on(&Kafka::local(), test, partitions)
+    }
+
+    /// Fresh names on `kafka`; the input topic with `partitions`, the outputs with one.
+    pub fn fresh_on(kafka: &Kafka, test: &str, partitions: i32) -> Self {
+        let t = Self::names(test);
+        kafka.create_topics(&[&t.input], partitions);
+        kafka.create_topics(&[&t.scores, &t.alerts, &t.dlq], 1);
+        t
+    }
+
+    /// Fresh names; no topic is created.
+    pub fn names(test: &str) -> Self {
+        Topics {
             input: unique(&format!("{test}.in")),
             scores: unique(&format!("{test}.scores")),
             alerts: unique(&format!("{test}.alerts")),
             dlq: unique(&format!("{test}.dlq")),
             group: unique(&format!("{test}.group")),
-        };
-        create_topics(&[&t.input], partitions);
-        create_topics(&[&t.scores, &t.alerts, &t.dlq], 1);
-        t
+        }
     }
 
     /// The [kafka] section of a config file for these topics.
     pub fn kafka_toml(&self) -> String {
+        self.kafka_toml_on(&brokers())
+    }
+
+    /// The [kafka] section for these topics on the cluster at `brokers`.
+    pub fn kafka_toml_on(&self, brokers: &str) -> String {
         format!(
             "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\n\
              scores_topic = \"{}\"\nalerts_topic = \"{}\"\ndlq_topic = \"{}\"\n\
              session_timeout = \"6s\"\ncommit_interval = \"200ms\"\n",
-            brokers(),
-            self.group,
-            self.input,
-            self.scores,
-            self.alerts,
-            self.dlq
+            brokers, self.group, self.input, self.scores, self.alerts, self.dlq
         )
     }
 }
@@ -245,6 +326,34 @@ impl Daemon {
 
     pub fn logs(&self) -> String {
         self.logs.lock().expect("logs").join("\n")
+    }
+
+    /// The HTTP status of GET `path` (e.g. "/readyz"), if the daemon answers.
+    pub fn http_status(&self, path: &str) -> Option<u16> {
+        let url = self.metrics_url.replace("/metrics", path);
+        match ureq::get(&url).call() {
+            Ok(r) => Some(r.status().as_u16()),
+            Err(ureq::Error::StatusCode(code)) => Some(code),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Polls until the logs contain `text`, or panics with them after `timeout`.
+    pub fn wait_log(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.logs().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {text:?} in the logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn scrape(&self) -> Option<String> {
@@ -371,8 +480,12 @@ pub fn nab_windows() -> Vec<(String, String)> {
 
 /// The consumer group's committed positions for `topic`, by partition (-1 when none).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    committed_on(&Kafka::local(), group, topic, partitions)
+}
+
+fn committed_on(kafka: &Kafka, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = kafka
+        .config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
