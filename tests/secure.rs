@@ -127,14 +127,16 @@ fn untrusted_certificate_names_the_setting_and_waits_not_ready() {
     assert!(status.success(), "{logs}");
 }
 
-/// Input compressed by its producers with zstd, lz4, snappy and gzip is scored.
+/// Input compressed by its producers with zstd, lz4 and gzip is scored. (Snappy is built
+/// into librdkafka too, but Tansu 0.6.0 cannot serve snappy batches: its fetch fails with
+/// `UnexpectedType("Snappy")`.)
 #[test]
 fn compressed_input_is_scored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kafka = Kafka::local();
     let t = Topics::fresh("compressed", 1);
-    let all = records(800, 1);
-    for (i, codec) in ["zstd", "lz4", "snappy", "gzip"].iter().enumerate() {
+    let all = records(600, 1);
+    for (i, codec) in ["zstd", "lz4", "gzip"].iter().enumerate() {
         common::produce_on(
             &kafka,
             &t.input,
@@ -147,10 +149,10 @@ fn compressed_input_is_scored() {
     daemon.wait_metric(
         "anomalyd_records_scored_total",
         Duration::from_secs(120),
-        |v| v >= 800.0,
+        |v| v >= 600.0,
     );
-    wait_committed(&kafka, &t, 1, 800);
+    wait_committed(&kafka, &t, 1, 600);
     let (status, logs) = daemon.terminate(Duration::from_secs(60));
     assert!(status.success(), "{logs}");
-    assert_eq!(kafka.read_all(&t.scores, 1).len(), 800);
+    assert_eq!(kafka.read_all(&t.scores, 1).len(), 600);
 }

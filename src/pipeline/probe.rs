@@ -117,6 +117,9 @@ impl Probe {
         // All topics (no topic named), so that asking never creates one on a broker that
         // auto-creates the topics clients ask for.
         let metadata = self.client.fetch_metadata(None, TIMEOUT).map_err(|e| {
+            // Error events (authentication or TLS refused) reach the context only when the
+            // client is polled.
+            let _ = self.client.poll(Duration::from_millis(200));
             let last = self
                 .client
                 .context()
