@@ -130,6 +130,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             &settings.cluster,
             store.clone(),
             settings.runtime.keep,
+            settings.input.feature_names(),
             metrics.clone(),
         )?;
         let caught_up = follower.caught_up.clone();

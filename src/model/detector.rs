@@ -33,6 +33,10 @@ pub struct ModelMeta {
     /// The lifecycle: the model this one replaced, and why it was promoted.
     #[serde(default)]
     pub lineage: Lineage,
+    /// SHA-256 (hex) of each of the bundle's other files, by name: a bundle whose files do
+    /// not match is rejected. Absent in bundles written before it existed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -176,6 +180,7 @@ impl Detector {
             },
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             lineage: Lineage::default(),
+            files: Default::default(),
         };
         let script =
             (spec.kind == ModelKind::Torchscript).then(|| PathBuf::from(&spec.torchscript.path));

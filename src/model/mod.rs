@@ -13,6 +13,7 @@ pub mod scaler;
 pub mod spot;
 pub mod store;
 pub mod threshold;
+pub mod verify;
 
 pub use detector::{Detector, Lineage, ModelMeta, ScoreOutput, TrainingStats};
 

@@ -1,13 +1,17 @@
 //! Versioned model bundles on disk: `<store_dir>/v000001/{weights.safetensors,model.json}`.
-//! A bundle is written to a temporary folder and renamed into place, so a crash never
+//! A bundle is written to a temporary folder, each file and the folder synced to disk, and
+//! renamed into place (the store folder synced too), so neither a crash nor a power loss
 //! leaves a half-written version behind. `CURRENT` names the version to serve (the newest
 //! saved one, or the one `anomalyd models revert` chose); only the newest `keep` versions
-//! and the current one are kept.
+//! and the current one are kept. `model.json` carries the SHA-256 of the other files, and
+//! a version is loaded only through the checks of [`super::verify`].
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use tch::Device;
 
+use super::verify::{self, Rejected};
 use super::{Detector, ModelError, ModelMeta};
 
 const WEIGHTS: &str = "weights.safetensors";
@@ -69,17 +73,25 @@ pub fn save(store: &Path, det: &Detector) -> Result<PathBuf, ModelError> {
     let tmp = store.join(format!(".tmp-v{:06}-{}", det.version(), std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    det.var_store().save(tmp.join(WEIGHTS))?;
+    let weights = tmp.join(WEIGHTS);
+    det.var_store().save(&weights)?;
+    std::fs::File::open(&weights)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&weights))?;
+    let mut meta = det.meta.clone();
+    meta.files.insert(WEIGHTS.into(), file_digest(&weights)?);
     if let Some(src) = det.script_path() {
-        std::fs::copy(src, tmp.join(MODULE)).map_err(io(src))?;
+        let bytes = std::fs::read(src).map_err(io(src))?;
+        write_synced(&tmp.join(MODULE), &bytes)?;
+        meta.files
+            .insert(MODULE.into(), crate::pipeline::output::sha256_hex(&bytes));
     }
-    let meta = serde_json::to_vec_pretty(&det.meta).map_err(|source| ModelError::Meta {
+    let text = serde_json::to_vec_pretty(&meta).map_err(|source| ModelError::Meta {
         path: tmp.join(META),
         source,
     })?;
-    std::fs::write(tmp.join(META), meta).map_err(io(&tmp))?;
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    write_synced(&tmp.join(META), &text)?;
+    publish_dir(store, &tmp, &dest)?;
     set_current(store, det.version())?;
     Ok(dest)
 }
@@ -95,14 +107,43 @@ pub fn set_current(store: &Path, version: u64) -> Result<(), ModelError> {
     write_atomic(store, CURRENT, format!("{version}\n").as_bytes()).map(|_| ())
 }
 
-/// Writes the file `name` in `store` through a temporary file and a rename, so a crash
-/// leaves the previous file whole.
+/// Writes the file `name` in `store` atomically and durably (atomic-write-file: a temporary
+/// file, synced, renamed over the old one, and the folder synced), so a crash or a power
+/// loss leaves either the previous file or the new one, whole.
 fn write_atomic(store: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, ModelError> {
-    let tmp = store.join(format!(".{name}.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     let dest = store.join(name);
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    let mut file = atomic_write_file::AtomicWriteFile::open(&dest).map_err(io(&dest))?;
+    file.write_all(bytes).map_err(io(&dest))?;
+    file.commit().map_err(io(&dest))?;
     Ok(dest)
+}
+
+/// Writes `bytes` to `path` and syncs it to disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Syncs a folder, so the names in it (a rename into it) survive a power loss.
+fn sync_dir(dir: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Renames the finished temporary folder `tmp` into place as `dest`, durably.
+fn publish_dir(store: &Path, tmp: &Path, dest: &Path) -> Result<(), ModelError> {
+    sync_dir(tmp)?;
+    let _ = std::fs::remove_dir_all(dest);
+    std::fs::rename(tmp, dest).map_err(io(dest))?;
+    sync_dir(store)
+}
+
+/// Hex SHA-256 of a file.
+fn file_digest(path: &Path) -> Result<String, ModelError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Ok(crate::pipeline::output::sha256_hex(&bytes))
 }
 
 /// The version to serve: the one `CURRENT` names when it exists, else the newest.
@@ -140,7 +181,8 @@ pub fn read_meta(store: &Path, version: u64) -> Result<ModelMeta, ModelError> {
     })
 }
 
-/// Loads one version's bundle onto `device`.
+/// Loads one version's bundle onto `device`, unchecked (the CLI's `models` commands; what
+/// serves goes through [`load_checked`]).
 pub fn load(store: &Path, version: u64, device: Device) -> Result<Detector, ModelError> {
     let dir = version_dir(store, version);
     let meta = read_meta(store, version)?;
@@ -149,6 +191,83 @@ pub fn load(store: &Path, version: u64, device: Device) -> Result<Detector, Mode
     let mut det = Detector::from_meta(meta, device, script)?;
     det.var_store_mut().load(dir.join(WEIGHTS))?;
     Ok(det)
+}
+
+/// Loads the bundle in `dir` and checks it (see [`verify`]) for the configured `features`.
+pub fn check_dir(dir: &Path, features: &[String], device: Device) -> Result<Detector, Rejected> {
+    let meta_path = dir.join(META);
+    let text = std::fs::read(&meta_path)
+        .map_err(|e| Rejected::new("unreadable", format!("{}: {e}", meta_path.display())))?;
+    let meta: ModelMeta = serde_json::from_slice(&text)
+        .map_err(|e| Rejected::new("unreadable", format!("{}: {e}", meta_path.display())))?;
+    verify::check_meta(&meta, features)?;
+    for (name, want) in &meta.files {
+        if ![WEIGHTS, MODULE].contains(&name.as_str()) {
+            return Err(Rejected::new("digest", format!("unexpected file {name:?}")));
+        }
+        let got =
+            file_digest(&dir.join(name)).map_err(|e| Rejected::new("unreadable", e.to_string()))?;
+        if &got != want {
+            return Err(Rejected::new(
+                "digest",
+                format!("{name} has SHA-256 {got}, model.json says {want}"),
+            ));
+        }
+    }
+    let module = dir.join(MODULE);
+    let script = module.is_file().then_some(module.as_path());
+    let det = verify::load(meta, &dir.join(WEIGHTS), script, device)?;
+    verify::check_detector(&det)?;
+    Ok(det)
+}
+
+/// Loads one version and checks it.
+pub fn load_checked(
+    store: &Path,
+    version: u64,
+    features: &[String],
+    device: Device,
+) -> Result<Detector, Rejected> {
+    let det = check_dir(&version_dir(store, version), features, device)?;
+    if det.version() != version {
+        return Err(Rejected::new(
+            "unreadable",
+            format!("v{version}'s model.json says version {}", det.version()),
+        ));
+    }
+    Ok(det)
+}
+
+/// What [`load_serving`] found: the model to serve, and the versions it rejected.
+pub type Serving = (Option<Detector>, Vec<(u64, Rejected)>);
+
+/// The model to serve at start: the current version if it passes the checks, else the
+/// newest version that does (the current one is then moved there, with a warning). The
+/// rejected versions come back with their reasons, for the log and the metrics.
+pub fn load_serving(
+    store: &Path,
+    features: &[String],
+    device: Device,
+) -> Result<Serving, ModelError> {
+    let mut order = versions(store)?;
+    order.reverse();
+    if let Some(cur) = current(store)? {
+        order.retain(|&v| v != cur);
+        order.insert(0, cur);
+    }
+    let mut rejected = Vec::new();
+    for v in order {
+        match load_checked(store, v, features, device) {
+            Ok(det) => {
+                if !rejected.is_empty() {
+                    set_current(store, v)?;
+                }
+                return Ok((Some(det), rejected));
+            }
+            Err(r) => rejected.push((v, r)),
+        }
+    }
+    Ok((None, rejected))
 }
 
 /// One version's bundle as a self-contained message (what the trainer publishes on the
@@ -188,34 +307,79 @@ pub fn export(store: &Path, version: u64) -> Result<Bundle, ModelError> {
     })
 }
 
-/// Writes a received [`Bundle`] as its version (atomically, like [`save`]) and makes it
-/// current. A version already in the store is left as it is. Only the bundle's known file
-/// names are accepted, so a message can never write outside its version's folder.
-pub fn import(store: &Path, bundle: &Bundle) -> Result<(), ModelError> {
+/// What became of a received bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Imported {
+    /// Written (or already there, identical) and made current.
+    Current(u64),
+    /// Not taken: the store and CURRENT are as they were.
+    Rejected(Rejected),
+}
+
+/// Takes a received [`Bundle`] into the store: its files are written to a temporary folder
+/// and fully checked there ([`check_dir`] for the configured `features`); only a bundle
+/// that passes is renamed into place (durably) and made current. A version already in the
+/// store must be the same bundle (same weights digest), else it is a different model under
+/// the same number and is rejected (`conflict`); the same bundle again is a revert to it.
+/// Only the bundle's known file names are accepted, so a message can never write outside
+/// its version's folder.
+pub fn import(
+    store: &Path,
+    bundle: &Bundle,
+    features: &[String],
+    device: Device,
+) -> Result<Imported, ModelError> {
     if bundle.format != BUNDLE_FORMAT {
-        return Err(bundle.invalid(format!(
-            "format {:?}, this build reads {BUNDLE_FORMAT:?}",
-            bundle.format
+        return Ok(Imported::Rejected(Rejected::new(
+            "unreadable",
+            format!(
+                "format {:?}, this build reads {BUNDLE_FORMAT:?}",
+                bundle.format
+            ),
         )));
     }
-    if !versions(store)?.contains(&bundle.version) {
-        std::fs::create_dir_all(store).map_err(io(store))?;
-        let tmp = store.join(format!(
-            ".tmp-v{:06}-{}",
-            bundle.version,
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        if let Err(e) = bundle.write_files(&tmp) {
+    std::fs::create_dir_all(store).map_err(io(store))?;
+    let tmp = store.join(format!(
+        ".tmp-v{:06}-{}",
+        bundle.version,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let checked = bundle
+        .write_files(&tmp)
+        .map_err(|e| Rejected::new("unreadable", e.to_string()))
+        .and_then(|()| check_dir(&tmp, features, device));
+    let det = match checked {
+        Ok(det) => det,
+        Err(r) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
+            return Ok(Imported::Rejected(r));
         }
-        let dest = version_dir(store, bundle.version);
-        let _ = std::fs::remove_dir_all(&dest);
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    };
+    let dest = version_dir(store, bundle.version);
+    if versions(store)?.contains(&bundle.version) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let on_disk = read_meta(store, bundle.version)
+            .ok()
+            .and_then(|m| m.files.get(WEIGHTS).cloned());
+        let received = det.meta.files.get(WEIGHTS);
+        if on_disk.as_ref() != received || received.is_none() {
+            return Ok(Imported::Rejected(Rejected::new(
+                "conflict",
+                format!(
+                    "v{} in the store has weights {}, the bundle {}",
+                    bundle.version,
+                    on_disk.as_deref().unwrap_or("(no digest)"),
+                    received.map_or("(no digest)", String::as_str)
+                ),
+            )));
+        }
+    } else {
+        publish_dir(store, &tmp, &dest)?;
     }
-    set_current(store, bundle.version)
+    set_current(store, bundle.version)?;
+    Ok(Imported::Current(bundle.version))
 }
 
 impl Bundle {
@@ -264,7 +428,18 @@ pub fn load_current(store: &Path, device: Device) -> Result<Option<Detector>, Mo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::detector::tests::{normal_rows, trained};
+    use crate::model::detector::tests::{features, normal_rows, trained};
+
+    /// The saved metadata is the model's, plus the digests of its files.
+    fn assert_same_meta(saved: &ModelMeta, model: &ModelMeta) {
+        let mut m = saved.clone();
+        assert!(
+            m.files.contains_key(WEIGHTS),
+            "the weights' digest is recorded"
+        );
+        m.files.clear();
+        assert_eq!(&m, model);
+    }
 
     #[test]
     fn save_load_gives_identical_scores_and_versions_ascend() {
@@ -277,7 +452,7 @@ mod tests {
         let loaded = load_current(dir.path(), Device::Cpu)
             .expect("load")
             .expect("a model");
-        assert_eq!(loaded.meta, det.meta);
+        assert_same_meta(&loaded.meta, &det.meta);
         assert_eq!(loaded.score(&rows).expect("score"), before);
         assert!(dir.path().join("v000001/weights.safetensors").is_file());
     }
@@ -303,7 +478,7 @@ mod tests {
             .expect("load")
             .expect("model");
         assert_eq!(back.version(), 1);
-        assert_eq!(back.meta, v1.meta);
+        assert_same_meta(&back.meta, &v1.meta);
         assert_eq!(
             back.score(&rows).expect("score"),
             v1_scores,
@@ -352,12 +527,16 @@ mod tests {
         let bundle = export(from.path(), 1).expect("export");
         let wire = serde_json::to_vec(&bundle).expect("json");
         let back: Bundle = serde_json::from_slice(&wire).expect("parse");
-        import(to.path(), &back).expect("import");
+        let f = features();
+        assert_eq!(
+            import(to.path(), &back, &f, Device::Cpu).expect("import"),
+            Imported::Current(1)
+        );
         assert_eq!(current(to.path()).expect("current"), Some(1));
         let loaded = load_current(to.path(), Device::Cpu)
             .expect("load")
             .expect("model");
-        assert_eq!(loaded.meta, det.meta);
+        assert_same_meta(&loaded.meta, &det.meta);
         assert_eq!(
             loaded.score(&rows).expect("score"),
             det.score(&rows).expect("score")
@@ -366,13 +545,13 @@ mod tests {
         let mut evil = back.clone();
         evil.version = 2;
         evil.files.insert("../escape".into(), String::new());
-        let err = import(to.path(), &evil).expect_err("unknown file name");
-        assert!(err.to_string().contains("unexpected file"), "{err}");
+        let err = rejected(import(to.path(), &evil, &f, Device::Cpu));
+        assert!(err.detail.contains("unexpected file"), "{err}");
         assert!(!to.path().join("escape").exists());
         let mut wrong = back;
         wrong.version = 3;
-        let err = import(to.path(), &wrong).expect_err("version mismatch");
-        assert!(err.to_string().contains("says version 1"), "{err}");
+        let err = rejected(import(to.path(), &wrong, &f, Device::Cpu));
+        assert!(err.detail.contains("says version 1"), "{err}");
         assert_eq!(versions(to.path()).expect("versions"), vec![1]);
     }
 
@@ -384,5 +563,152 @@ mod tests {
                 .expect("ok")
                 .is_none()
         );
+    }
+
+    fn rejected(r: Result<Imported, ModelError>) -> Rejected {
+        match r.expect("import") {
+            Imported::Rejected(r) => r,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    /// Bad bundles of every kind are rejected with their reason, before they are current;
+    /// the good one keeps serving.
+    #[test]
+    fn bad_bundles_never_become_current() {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let unb64 = |s: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .expect("b64")
+        };
+        let from = tempfile::tempdir().expect("tempdir");
+        let to = tempfile::tempdir().expect("tempdir");
+        let f = features();
+        let det = trained();
+        save(from.path(), &det).expect("save");
+        let good = export(from.path(), 1).expect("export");
+        assert_eq!(
+            import(to.path(), &good, &f, Device::Cpu).expect("import"),
+            Imported::Current(1)
+        );
+        let meta_of = |b: &Bundle| -> serde_json::Value {
+            serde_json::from_slice(&unb64(&b.files[META])).expect("meta")
+        };
+        let with_meta = |b: &Bundle, version: u64, edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut m = meta_of(b);
+            m["version"] = version.into();
+            edit(&mut m);
+            let mut out = b.clone();
+            out.version = version;
+            out.files
+                .insert(META.into(), b64(&serde_json::to_vec(&m).expect("json")));
+            out
+        };
+        let weights = unb64(&good.files[WEIGHTS]);
+        let with_weights = |version: u64, bytes: &[u8], digest: bool| {
+            let mut out = with_meta(&good, version, &|m| {
+                if digest {
+                    m["files"][WEIGHTS] = crate::pipeline::output::sha256_hex(bytes).into();
+                }
+            });
+            out.files.insert(WEIGHTS.into(), b64(bytes));
+            out
+        };
+        // NaN weights: the safetensors file with one float overwritten.
+        let mut nan = weights.clone();
+        let n = nan.len();
+        nan[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+        let cases: Vec<(&str, Bundle)> = vec![
+            (
+                "digest",
+                with_weights(2, &weights[..weights.len() / 2], false),
+            ),
+            (
+                "weights",
+                with_weights(3, &weights[..weights.len() / 2], true),
+            ),
+            ("weights", with_weights(4, b"junk", true)),
+            ("not_finite", with_weights(5, &nan, true)),
+            (
+                "shape",
+                with_meta(&good, 6, &|m| m["spec"]["hidden"] = serde_json::json!([])),
+            ),
+            (
+                "shape",
+                with_meta(&good, 7, &|m| {
+                    m["scaler"]["mean"] = serde_json::json!([0.0])
+                }),
+            ),
+            (
+                "features",
+                with_meta(&good, 8, &|m| {
+                    let names = m["features"].as_array_mut().expect("names");
+                    names.reverse();
+                }),
+            ),
+            (
+                "not_finite",
+                with_meta(&good, 9, &|m| {
+                    m["threshold"] = serde_json::json!({"kind": "fixed", "value": 1e38});
+                }),
+            ),
+            (
+                "weights",
+                with_meta(&good, 10, &|m| {
+                    m["spec"]["hidden"] = serde_json::json!([5, 3])
+                }),
+            ),
+            ("conflict", with_weights(1, &nan_free_other(&weights), true)),
+        ];
+        for (reason, bundle) in cases {
+            let r = rejected(import(to.path(), &bundle, &f, Device::Cpu));
+            assert_eq!(r.reason, reason, "v{}: {r}", bundle.version);
+            assert_eq!(current(to.path()).expect("current"), Some(1), "{r}");
+            assert_eq!(versions(to.path()).expect("versions"), vec![1], "{r}");
+        }
+        // The same bundle again is a revert to it, not a conflict.
+        assert_eq!(
+            import(to.path(), &good, &f, Device::Cpu).expect("import"),
+            Imported::Current(1)
+        );
+    }
+
+    /// Other valid weights for the same model: every float nudged.
+    fn nan_free_other(weights: &[u8]) -> Vec<u8> {
+        let mut w = weights.to_vec();
+        let n = w.len();
+        w[n - 4..].copy_from_slice(&0.123f32.to_le_bytes());
+        w
+    }
+
+    /// A corrupt CURRENT bundle at start: the newest valid version serves, and CURRENT
+    /// moves there; with none valid there is nothing to serve (and no error).
+    #[test]
+    fn a_corrupt_current_bundle_falls_back_to_the_newest_valid_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = features();
+        let v1 = trained();
+        save(dir.path(), &v1).expect("save v1");
+        let mut v2 = trained();
+        v2.meta.version = 2;
+        save(dir.path(), &v2).expect("save v2");
+        std::fs::write(dir.path().join("v000002").join(WEIGHTS), b"truncated").expect("corrupt");
+        let (det, rejected) = load_serving(dir.path(), &f, Device::Cpu).expect("load");
+        assert_eq!(det.expect("a model").version(), 1);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].0, 2);
+        assert_eq!(rejected[0].1.reason, "digest");
+        assert_eq!(current(dir.path()).expect("current"), Some(1));
+        std::fs::write(dir.path().join(CURRENT), b"garbage\n").expect("corrupt CURRENT");
+        std::fs::write(dir.path().join("v000001").join(META), b"{").expect("corrupt meta");
+        let (det, rejected) = load_serving(dir.path(), &f, Device::Cpu).expect("load");
+        assert!(
+            det.is_none(),
+            "no valid version: the daemon trains anew (role all)"
+        );
+        assert_eq!(rejected.len(), 2);
+        assert_eq!(rejected[1].1.reason, "unreadable");
     }
 }

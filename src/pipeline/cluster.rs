@@ -157,6 +157,8 @@ pub struct Follower {
     key: String,
     store: PathBuf,
     keep: usize,
+    /// The configured features: a bundle for others is rejected.
+    features: Vec<String>,
     metrics: Arc<Metrics>,
     /// Set once everything in the topic at start-up has been read.
     pub caught_up: Arc<AtomicBool>,
@@ -168,6 +170,7 @@ impl Follower {
         cluster: &ClusterSettings,
         store: PathBuf,
         keep: usize,
+        features: Vec<String>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, AppError> {
         let mut config = super::kafka::base_config(k)?;
@@ -184,6 +187,7 @@ impl Follower {
             key: cluster.model_key.clone(),
             store,
             keep,
+            features,
             metrics,
             caught_up: Arc::new(AtomicBool::new(false)),
         })
@@ -261,9 +265,19 @@ impl Follower {
         Ok(())
     }
 
+    /// Checks a received bundle fully (on the CPU, in this thread) and makes it current only
+    /// when it passes; a rejected one is counted and logged, and the store keeps serving
+    /// what it had.
     fn apply(&self, bundle: &Bundle) {
-        match store::import(&self.store, bundle) {
-            Ok(()) => {
+        match store::import(&self.store, bundle, &self.features, tch::Device::Cpu) {
+            Ok(store::Imported::Rejected(r)) => {
+                self.metrics
+                    .models_rejected
+                    .with_label_values(&[r.reason])
+                    .inc();
+                self.invalid(&format!("model v{} rejected: {r}", bundle.version));
+            }
+            Ok(store::Imported::Current(_)) => {
                 self.metrics
                     .models_received
                     .with_label_values(&["applied"])

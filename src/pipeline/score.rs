@@ -189,30 +189,38 @@ pub struct Scorer {
     warmup: Vec<Batch>,
     warmup_len: usize,
     metrics: Arc<Metrics>,
+    /// Store versions that failed their checks (never tried again).
+    rejected: std::collections::HashSet<u64>,
 }
 
 impl Scorer {
     /// Starts from the newest saved model when the store has one that fits the input.
     pub fn new(settings: ScorerSettings, metrics: Arc<Metrics>) -> Result<Self, ModelError> {
+        // The current version if it passes its checks, else the newest one that does; with
+        // none, the first model is trained from the warm-up records.
         let detector = match &settings.store_dir {
-            Some(dir) => store::load_current(dir, settings.device)?,
+            Some(dir) => {
+                let (det, rejected) =
+                    store::load_serving(dir, &settings.features, settings.device)?;
+                for (version, why) in &rejected {
+                    metrics
+                        .models_rejected
+                        .with_label_values(&[why.reason])
+                        .inc();
+                    tracing::warn!(version, reason = why.reason, detail = %why.detail,
+                        store = %dir.display(), "saved model rejected: not serving it");
+                }
+                if let (Some(det), false) = (&det, rejected.is_empty()) {
+                    tracing::warn!(
+                        version = det.version(),
+                        "fell back to the newest valid model"
+                    );
+                }
+                det
+            }
             None => None,
         };
         if let Some(det) = &detector {
-            if det.meta.features != settings.features {
-                return Err(ModelError::Mismatch(format!(
-                    "model v{} in {} was trained on features {:?}, the input gives {:?}; \
-                     point model.store_dir elsewhere to train a new model",
-                    det.version(),
-                    settings
-                        .store_dir
-                        .as_deref()
-                        .unwrap_or_else(|| "".as_ref())
-                        .display(),
-                    det.meta.features,
-                    settings.features
-                )));
-            }
             tracing::info!(version = det.version(), "loaded saved model");
         }
         let retrainer = match settings.retrain {
@@ -234,6 +242,7 @@ impl Scorer {
             warmup: Vec::new(),
             warmup_len: 0,
             metrics,
+            rejected: Default::default(),
         };
         if let Some(det) = detector {
             s.install(det);
@@ -339,31 +348,41 @@ impl Scorer {
         self.follow_store()
     }
 
-    /// Switches to the store's current version when it is not the one serving (a revert).
-    /// Called between batches, so no batch is lost or scored twice by a switch.
+    /// Switches to the store's current version when it is not the one serving (a revert, or
+    /// a model a scorer received), once it passes its checks. A version that fails them is
+    /// counted and logged once, and the serving model stays: nothing in the store can stop a
+    /// scorer that serves a model.
     pub fn follow_store(&mut self) -> Result<(), ModelError> {
         let (Some(dir), Some(det)) = (&self.settings.store_dir, &self.detector) else {
             return Ok(());
         };
         let serving = det.version();
-        match store::current(dir)? {
-            Some(v) if v != serving => {
-                let next = store::load(dir, v, self.settings.device)?;
-                if next.meta.features != self.settings.features {
-                    tracing::warn!(
-                        version = v,
-                        "current model's features differ; not switching"
-                    );
-                    return Ok(());
-                }
+        let wanted = match store::current(dir) {
+            Ok(Some(v)) if v != serving && !self.rejected.contains(&v) => v,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the model store; serving v{serving}");
+                return Ok(());
+            }
+        };
+        match store::load_checked(dir, wanted, &self.settings.features, self.settings.device) {
+            Ok(next) => {
                 tracing::info!(
                     from = serving,
-                    to = v,
+                    to = wanted,
                     "switching to the store's current model"
                 );
                 self.install(next);
             }
-            _ => {}
+            Err(why) => {
+                self.rejected.insert(wanted);
+                self.metrics
+                    .models_rejected
+                    .with_label_values(&[why.reason])
+                    .inc();
+                tracing::error!(version = wanted, reason = why.reason, detail = %why.detail,
+                    serving, "the store's current model failed its checks; still serving v{serving}");
+            }
         }
         Ok(())
     }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub kafka_up: IntGauge,
     pub missing_topics: IntGauge,
     pub source_paused: IntGauge,
+    pub models_rejected: IntCounterVec,
+    pub trainer_restarts: IntCounter,
 }
 
 /// `reason` label values of `anomalyd_dead_letters_total`: records dead-lettered for
@@ -180,6 +182,16 @@ impl Metrics {
             "reason",
         );
         records_dropped.with_label_values(&["dlq_refused"]);
+        let models_rejected = counter_vec(
+            &r,
+            "anomalyd_models_rejected_total",
+            "Model bundles (from the model topic or the store) that failed their checks and \
+             never served, by reason.",
+            "reason",
+        );
+        for reason in crate::model::verify::REASONS {
+            models_rejected.with_label_values(&[reason]);
+        }
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -358,6 +370,12 @@ impl Metrics {
                 "anomalyd_source_paused",
                 "1 while consumption is paused because the stages after it are full \
                  (pipeline.max_in_flight or a full channel); the group membership is kept.",
+            ),
+            models_rejected,
+            trainer_restarts: counter(
+                &r,
+                "anomalyd_trainer_restarts_total",
+                "Times the retraining thread panicked or exited and was started again.",
             ),
             registry: r,
         }
