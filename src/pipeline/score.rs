@@ -53,10 +53,21 @@ struct Retrainer {
     since_run: u64,
     recent: VecDeque<bool>,
     recent_alerts: usize,
+    /// Consecutive failed runs (panicked, failed, not saved), and no new run before
+    /// `not_before`: a failing trainer is retried with exponential backoff.
+    failures: u32,
+    not_before: Instant,
 }
 
+/// The trainer thread's end of the channels.
+type TrainerChannels = (Sender<Job>, Receiver<Outcome>);
+
 impl Retrainer {
-    fn spawn(s: &ScorerSettings, policy: RetrainPolicy) -> Result<Self, ModelError> {
+    /// Starts the trainer thread.
+    fn start_thread(
+        s: &ScorerSettings,
+        policy: RetrainPolicy,
+    ) -> Result<TrainerChannels, ModelError> {
         let (jobs, job_rx) = crossbeam_channel::bounded(1);
         let (out_tx, outcomes) = crossbeam_channel::bounded(1);
         let trainer = TrainerSettings {
@@ -75,6 +86,11 @@ impl Retrainer {
                 path: PathBuf::from("<trainer thread>"),
                 source,
             })?;
+        Ok((jobs, outcomes))
+    }
+
+    fn spawn(s: &ScorerSettings, policy: RetrainPolicy) -> Result<Self, ModelError> {
+        let (jobs, outcomes) = Self::start_thread(s, policy)?;
         Ok(Retrainer {
             policy,
             window: NormalWindow::new(s.features.len(), policy.window, policy.margin),
@@ -85,7 +101,36 @@ impl Retrainer {
             since_run: 0,
             recent: VecDeque::new(),
             recent_alerts: 0,
+            failures: 0,
+            not_before: Instant::now(),
         })
+    }
+
+    /// A run failed: back off before the next one (10 s, doubling, at most 10 min).
+    fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let backoff = Duration::from_secs(10 << self.failures.min(6)).min(Duration::from_secs(600));
+        self.not_before = Instant::now() + backoff;
+    }
+
+    /// Starts a new trainer thread after the old one ended (the window is kept).
+    fn restart(&mut self, s: &ScorerSettings, metrics: &Metrics) {
+        metrics.trainer_restarts.inc();
+        self.in_flight = false;
+        self.failed();
+        match Self::start_thread(s, self.policy) {
+            Ok((jobs, outcomes)) => {
+                self.jobs = jobs;
+                self.outcomes = outcomes;
+                tracing::warn!(
+                    failures = self.failures,
+                    "the trainer thread ended: restarted it"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot restart the trainer thread; retrying later")
+            }
+        }
     }
 
     fn observe(&mut self, scored: &Scored, metrics: &Metrics) {
@@ -113,7 +158,10 @@ impl Retrainer {
 
     /// Which trigger fires now, if any.
     fn due(&self) -> Option<&'static str> {
-        if self.in_flight || self.window.len() < self.policy.min_records {
+        if self.in_flight
+            || self.window.len() < self.policy.min_records
+            || Instant::now() < self.not_before
+        {
             return None;
         }
         let p = &self.policy;
@@ -169,11 +217,13 @@ impl Retrainer {
             version,
             window: span,
         };
-        if self.jobs.send(job).is_ok() {
-            self.in_flight = true;
-            self.last_run = Instant::now();
-            self.since_run = 0;
+        match self.jobs.send(job) {
+            Ok(()) => self.in_flight = true,
+            // The thread is gone: the next poll restarts it.
+            Err(_) => self.failed(),
         }
+        self.last_run = Instant::now();
+        self.since_run = 0;
         Ok(())
     }
 }
@@ -302,16 +352,19 @@ impl Scorer {
     /// Installs a promoted candidate, or counts a rejection, when the trainer has finished.
     /// Called between batches.
     pub fn poll_trainer(&mut self) {
-        let Some(outcome) = self
-            .retrainer
-            .as_ref()
-            .and_then(|r| r.outcomes.try_recv().ok())
-        else {
+        let Some(r) = self.retrainer.as_mut() else {
             return;
         };
-        if let Some(r) = self.retrainer.as_mut() {
-            r.in_flight = false;
-        }
+        let outcome = match r.outcomes.try_recv() {
+            Ok(o) => o,
+            Err(crossbeam_channel::TryRecvError::Empty) => return,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                // The trainer thread ended (it never should): start it again, with backoff.
+                r.restart(&self.settings, &self.metrics);
+                return;
+            }
+        };
+        r.in_flight = false;
         let m = &self.metrics;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -319,6 +372,7 @@ impl Scorer {
         m.last_training.set(now);
         match outcome {
             Outcome::Promoted { detector, seconds } => {
+                r.failures = 0;
                 m.training_duration.observe(seconds);
                 m.training_runs.with_label_values(&["promoted"]).inc();
                 tracing::info!(version = detector.version(), "promoted the retrained model");
@@ -330,14 +384,27 @@ impl Scorer {
                 seconds,
             } => {
                 m.training_duration.observe(seconds);
-                let result = if reason == "training_failed" {
+                let result = if matches!(reason, "training_failed" | "save_failed") {
+                    r.failed();
                     "failed"
                 } else {
+                    r.failures = 0;
                     "rejected"
                 };
                 m.training_runs.with_label_values(&[result]).inc();
                 m.promotion_rejections.with_label_values(&[reason]).inc();
                 tracing::warn!(version, reason, "retrained candidate rejected");
+            }
+            Outcome::Panicked { version, message } => {
+                r.failed();
+                m.trainer_restarts.inc();
+                m.training_runs.with_label_values(&["failed"]).inc();
+                tracing::error!(
+                    version,
+                    message,
+                    failures = r.failures,
+                    "the trainer panicked; it goes on with the next run, after a backoff"
+                );
             }
         }
     }
@@ -498,9 +565,16 @@ impl Scorer {
             "trained the first model on the warm-up records"
         );
         if let Some(dir) = &self.settings.store_dir {
-            let path = store::save(dir, &det)?;
-            let pruned = store::prune(dir, self.settings.keep)?;
-            tracing::info!(path = %path.display(), ?pruned, "saved model");
+            // Not fatal: the model serves from memory, and a restart trains again (a
+            // restart cannot fix a read-only store; crashing would only loop).
+            match store::save(dir, &det) {
+                Ok(path) => {
+                    let pruned = store::prune(dir, self.settings.keep).unwrap_or_default();
+                    tracing::info!(path = %path.display(), ?pruned, "saved model");
+                }
+                Err(e) => tracing::error!(error = %e, version = det.version(),
+                    "cannot save the first model: serving it from memory only"),
+            }
         }
         self.warmup_len = 0;
         let mut threshold = det.meta.threshold.clone();

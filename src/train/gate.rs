@@ -52,12 +52,13 @@ pub fn decide(
 }
 
 /// Rejection reasons, the bounded label of `anomalyd_promotion_rejections_total`.
-pub const REASONS: [&str; 5] = [
+pub const REASONS: [&str; 6] = [
     "worse_on_holdout",
     "threshold_inflated",
     "not_finite",
     "too_few_records",
     "training_failed",
+    "save_failed",
 ];
 
 #[cfg(test)]

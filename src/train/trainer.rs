@@ -33,6 +33,8 @@ pub enum Outcome {
         version: u64,
         seconds: f64,
     },
+    /// The job panicked: the trainer thread carries on with the next job.
+    Panicked { version: u64, message: String },
 }
 
 pub struct TrainerSettings {
@@ -102,9 +104,14 @@ pub fn run_job(s: &TrainerSettings, job: Job) -> Outcome {
         window: job.window,
     };
     if let Some(dir) = &s.store_dir {
-        let saved = store::save(dir, &det).and_then(|_| store::prune(dir, s.keep));
-        if let Err(e) = saved {
-            tracing::warn!(error = %e, "saving the promoted model failed");
+        // A model that is not in the store is not promoted: the store's CURRENT is what
+        // serves, after a restart too.
+        if let Err(e) = store::save(dir, &det) {
+            tracing::error!(version = job.version, error = %e, "saving the candidate failed: not promoted");
+            return reject("save_failed", started);
+        }
+        if let Err(e) = store::prune(dir, s.keep) {
+            tracing::warn!(error = %e, "pruning the model store failed");
         }
     }
     Outcome::Promoted {
@@ -115,8 +122,25 @@ pub fn run_job(s: &TrainerSettings, job: Job) -> Outcome {
 
 /// The thread body: jobs in, outcomes out, until the scorer hangs up.
 pub fn run(settings: TrainerSettings, jobs: Receiver<Job>, outcomes: Sender<Outcome>) {
+    serve(jobs, outcomes, |job| run_job(&settings, job));
+}
+
+/// Runs each job through `work`, supervised: a job that panics is reported as
+/// [`Outcome::Panicked`] and the thread goes on with the next one, so the scorer is never
+/// left waiting for an outcome that cannot come.
+fn serve(jobs: Receiver<Job>, outcomes: Sender<Outcome>, mut work: impl FnMut(Job) -> Outcome) {
     for job in jobs {
-        if outcomes.send(run_job(&settings, job)).is_err() {
+        let version = job.version;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(job)))
+            .unwrap_or_else(|p| {
+                let message = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Outcome::Panicked { version, message }
+            });
+        if outcomes.send(outcome).is_err() {
             return;
         }
     }
@@ -189,6 +213,7 @@ mod tests {
                 println!("rejected: {reason}");
                 None
             }
+            Outcome::Panicked { message, .. } => panic!("trainer panicked: {message}"),
         };
         let t_clean = threshold_of(run_job(&s, job(&serving, &window_of(&serving, &clean, 2))))
             .expect("a clean window is promoted");
@@ -231,5 +256,88 @@ mod tests {
         println!("threshold clean {t_clean}, unfiltered poisoned {t_raw}");
         assert!((t_raw - t_clean).abs() / t_clean >= 0.10);
         let _ = serving;
+    }
+
+    fn empty_job(version: u64) -> Job {
+        Job {
+            train: Vec::new(),
+            holdout: Vec::new(),
+            serving: HoldoutStats {
+                false_alarm_rate: 0.0,
+                threshold: 1.0,
+            },
+            parent: 0,
+            version,
+            window: None,
+        }
+    }
+
+    /// A job that panics is reported and the trainer carries on with the next one.
+    #[test]
+    fn a_panicking_job_is_reported_and_the_trainer_goes_on() {
+        let (job_tx, job_rx) = crossbeam_channel::bounded(2);
+        let (out_tx, out_rx) = crossbeam_channel::bounded(2);
+        let h = std::thread::spawn(move || {
+            serve(job_rx, out_tx, |j| {
+                if j.version == 7 {
+                    panic!("boom in job 7");
+                }
+                Outcome::Rejected {
+                    reason: "worse_on_holdout",
+                    version: j.version,
+                    seconds: 0.0,
+                }
+            })
+        });
+        job_tx.send(empty_job(7)).expect("send");
+        match out_rx.recv().expect("outcome") {
+            Outcome::Panicked { version, message } => {
+                assert_eq!(version, 7);
+                assert!(message.contains("boom"), "{message}");
+            }
+            _ => panic!("expected Panicked"),
+        }
+        job_tx
+            .send(empty_job(8))
+            .expect("the trainer still takes jobs");
+        assert!(matches!(
+            out_rx.recv().expect("outcome"),
+            Outcome::Rejected { version: 8, .. }
+        ));
+        drop(job_tx);
+        h.join().expect("the thread ends when the scorer hangs up");
+    }
+
+    /// A candidate that cannot be saved (the store is not writable) is not promoted.
+    #[test]
+    fn a_candidate_that_cannot_be_saved_is_not_promoted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file where the store's folder should be: no write can succeed, even as root.
+        let blocker = dir.path().join("not-a-folder");
+        std::fs::write(&blocker, b"x").expect("write");
+        let serving = train_kind(ModelKind::Dense);
+        let rows = normal_rows(1200, 0);
+        let (train, holdout) = rows.split_at(1000 * 8);
+        let mut settings = settings();
+        // A gate that promotes anything: only the save can stop it.
+        settings.policy.tolerance = 1.0;
+        settings.policy.max_threshold_ratio = 1e9;
+        settings.store_dir = Some(blocker.join("store"));
+        let job = Job {
+            train: train.to_vec(),
+            holdout: holdout.to_vec(),
+            serving: HoldoutStats::of(
+                &serving.score(holdout).expect("score").scores,
+                serving.threshold(),
+            ),
+            parent: 1,
+            version: 2,
+            window: None,
+        };
+        match run_job(&settings, job) {
+            Outcome::Rejected { reason, .. } => assert_eq!(reason, "save_failed"),
+            Outcome::Promoted { .. } => panic!("promoted a model that is not in the store"),
+            Outcome::Panicked { message, .. } => panic!("panicked: {message}"),
+        }
     }
 }
