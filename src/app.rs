@@ -138,13 +138,29 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         spawn_stage("models", exit_tx.clone(), move || follower.run(stop));
         running += 1;
         let mut last_log: Option<Instant> = None;
+        let mut checked: Option<u64> = None;
+        let features = settings.input.feature_names();
         loop {
-            if caught_up.load(Ordering::Acquire)
-                && store::current(&store)
-                    .map_err(PipelineError::from)?
-                    .is_some()
-            {
-                break;
+            // A version in the store serves only once it passes its checks; a store holding
+            // none that does keeps the scorer waiting (not ready) for the model topic.
+            let current = if caught_up.load(Ordering::Acquire) {
+                store::current(&store).map_err(PipelineError::from)?
+            } else {
+                None
+            };
+            if let Some(v) = current.filter(|&v| checked != Some(v)) {
+                checked = Some(v);
+                let (dir, f) = (store.clone(), features.clone());
+                let valid = tokio::task::spawn_blocking(move || {
+                    store::load_serving(&dir, &f, tch::Device::Cpu)
+                })
+                .await
+                .map_err(|e| AppError::Io(std::io::Error::other(e)))?
+                .map_err(PipelineError::from)?;
+                if valid.0.is_some() {
+                    break;
+                }
+                tracing::warn!(version = v, "no model in the store passes its checks");
             }
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 tracing::info!(topic = %settings.cluster.model_topic, key = %settings.cluster.model_key, "waiting for the trainer's model");

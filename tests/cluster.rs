@@ -219,3 +219,174 @@ fn two_scorers_split_the_input_and_follow_the_trainers_promotions_and_reverts() 
         "nothing but the input's records was scored"
     );
 }
+
+/// A bundle message for the model topic from a store version's files (`edit` may change
+/// the metadata and weights first), as the trainer's publisher sends it.
+fn bundle_message(
+    version_dir: &Path,
+    version: u64,
+    edit: &dyn Fn(&mut serde_json::Value, &mut Vec<u8>),
+) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(version_dir.join("model.json")).expect("meta"))
+            .expect("json");
+    let mut weights = std::fs::read(version_dir.join("weights.safetensors")).expect("weights");
+    meta["version"] = version.into();
+    edit(&mut meta, &mut weights);
+    serde_json::to_vec(&serde_json::json!({
+        "format": "anomalyd.bundle.v1",
+        "version": version,
+        "files": {
+            "model.json": b64(&serde_json::to_vec(&meta).expect("json")),
+            "weights.safetensors": b64(&weights),
+        }
+    }))
+    .expect("json")
+}
+
+/// Junk, truncated, wrong-shape, NaN, inflated-threshold, reordered-feature and conflicting
+/// bundles published on the model topic while two scorers serve v1: both keep serving v1
+/// and scoring, count every rejection, and a scorer restarted with the bad bundle last on
+/// the topic still serves v1.
+#[test]
+fn bad_bundles_on_the_model_topic_never_stop_two_scorers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Topics::fresh("badmodels", PARTITIONS);
+    let model_topic = unique("badmodels.models");
+    create_topics(&[&model_topic], 1);
+    // v1, trained offline and published as the trainer would.
+    let trained = dir.path().join("trained");
+    let input = dir.path().join("train.jsonl");
+    let lines: String = (0..600)
+        .map(|i| String::from_utf8(synthetic(i)).expect("utf8") + "\n")
+        .collect();
+    std::fs::write(&input, lines).expect("write");
+    let cfg_path = dir.path().join("train.toml");
+    std::fs::write(&cfg_path, config(&t, "all", &trained, &model_topic)).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anomalyd"))
+        .args(["train", "--config"])
+        .arg(&cfg_path)
+        .arg("--input")
+        .arg(&input)
+        .arg("--model-out")
+        .arg(&trained)
+        .output()
+        .expect("anomalyd train");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v1 = trained.join("v000001");
+    let key = Some(t.group.clone());
+    produce(
+        &model_topic,
+        &[(0, key.clone(), bundle_message(&v1, 1, &|_, _| {}))],
+    );
+
+    let mut scorers = [
+        Daemon::start(
+            dir.path(),
+            &config(&t, "scorer", &dir.path().join("s1"), &model_topic),
+        ),
+        Daemon::start(
+            dir.path(),
+            &config(&t, "scorer", &dir.path().join("s2"), &model_topic),
+        ),
+    ];
+    produce(&t.input, &records(0, 400));
+    for s in &mut scorers {
+        s.wait_metric("anomalyd_model_version", Duration::from_secs(60), |v| {
+            v == 1.0
+        });
+    }
+    wait_until("the first records scored", Duration::from_secs(60), || {
+        committed(&t.group, &t.input, PARTITIONS)
+            .iter()
+            .sum::<i64>()
+            == 400
+    });
+
+    let nan_last = |_: &mut serde_json::Value, w: &mut Vec<u8>| {
+        let n = w.len();
+        w[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("unreadable", b"{\"format\": \"anomalyd.bundle.v1\", \"version\": 2, \"files\": {\"model.json\": \"bm90IGpzb24=\", \"weights.safetensors\": \"AAAA\"}}".to_vec()),
+        ("digest", bundle_message(&v1, 3, &|_, w| w.truncate(w.len() / 2))),
+        ("weights", bundle_message(&v1, 4, &|m, w| {
+            *w = b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk".to_vec();
+            m["files"] = serde_json::json!({});
+        })),
+        ("shape", bundle_message(&v1, 5, &|m, _| m["spec"]["hidden"] = serde_json::json!([]))),
+        ("not_finite", bundle_message(&v1, 6, &|m, w| {
+            nan_last(m, w);
+            m["files"] = serde_json::json!({});
+        })),
+        ("not_finite", bundle_message(&v1, 7, &|m, _| {
+            m["threshold"] = serde_json::json!({"kind": "fixed", "value": 1e38});
+        })),
+        ("features", bundle_message(&v1, 8, &|m, _| {
+            m["features"].as_array_mut().expect("names").reverse();
+        })),
+        ("conflict", bundle_message(&v1, 1, &|m, w| {
+            let n = w.len();
+            w[n - 4..].copy_from_slice(&0.5f32.to_le_bytes());
+            m["files"] = serde_json::json!({});
+        })),
+    ];
+    let before: Vec<f64> = scorers
+        .iter()
+        .map(|s| metric(s, "anomalyd_models_rejected_total"))
+        .collect();
+    for (_, msg) in &bad {
+        produce(&model_topic, &[(0, key.clone(), msg.clone())]);
+    }
+    for (s, b) in scorers.iter_mut().zip(&before) {
+        let want = b + bad.len() as f64;
+        s.wait_metric(
+            "anomalyd_models_rejected_total",
+            Duration::from_secs(60),
+            |v| v >= want,
+        );
+        let text = s.scrape().expect("metrics");
+        for (reason, _) in &bad {
+            let line = format!("anomalyd_models_rejected_total{{reason=\"{reason}\"}}");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&line) && !l.ends_with(" 0")),
+                "no rejection counted for {reason}"
+            );
+        }
+        assert_eq!(metric(s, "anomalyd_model_version"), 1.0, "still serving v1");
+        assert!(s.is_running(), "{}", s.logs());
+    }
+    // Still scoring.
+    produce(&t.input, &records(400, 800));
+    wait_until("more records scored", Duration::from_secs(60), || {
+        committed(&t.group, &t.input, PARTITIONS)
+            .iter()
+            .sum::<i64>()
+            == 800
+    });
+    // A restart reads the topic again (a bad bundle is the latest): v1 still serves.
+    let [first, second] = scorers;
+    let (status, logs) = first.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{logs}");
+    let mut again = Daemon::start(
+        dir.path(),
+        &config(&t, "scorer", &dir.path().join("s1"), &model_topic),
+    );
+    again.wait_metric("anomalyd_model_version", Duration::from_secs(60), |v| {
+        v == 1.0
+    });
+    assert_eq!(again.http_status("/readyz"), Some(200));
+    for d in [again, second] {
+        let (status, logs) = d.terminate(Duration::from_secs(60));
+        assert!(status.success(), "{logs}");
+    }
+    let scores = read_all(&t.scores, 1);
+    assert!(scores.iter().all(|m| m.json()["model_version"] == 1));
+}
