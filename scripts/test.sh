@@ -24,7 +24,7 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 log "cargo test"
 set +e
-RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --all-targets 2>&1 | tee "$RUN_DIR/test.log"
+RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --all-targets --no-fail-fast 2>&1 | tee "$RUN_DIR/test.log"
 status=${PIPESTATUS[0]}
 
 # The operations checks (issue 5): real promtool, Prometheus, kubectl kustomize +

@@ -73,6 +73,7 @@ fn required_topics(settings: &Settings) -> Vec<(String, &'static str)> {
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
+    metrics.set_state_budget(&settings.state);
     let probe = Probe::new(&settings.kafka, required_topics(&settings), metrics.clone())?;
     let health = Arc::new(Health {
         ready: Default::default(),

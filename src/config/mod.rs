@@ -16,7 +16,7 @@ pub use raw::{
 };
 pub use validate::{
     BatchPolicy, ClusterSettings, InputShape, InputSpec, KafkaSettings, ModelRuntime, ModelSpec,
-    RetrainPolicy, Settings, ThresholdSpec,
+    RetrainPolicy, Settings, StateBudget, ThresholdSpec,
 };
 
 /// The defaults, embedded so the binary runs without any file.
@@ -240,5 +240,68 @@ mod tests {
         };
         assert_eq!(params.discord.map(|d| d.segment), Some(4));
         assert_eq!(params.refractory, 100);
+    }
+
+    /// `[state] memory` caps the keys of window and likelihood state at what fits, and a
+    /// stream of ever-new keys never holds more than that: the least recently seen go.
+    #[test]
+    fn state_memory_bounds_the_keys_of_every_kind() {
+        use crate::model::likelihood::Keyed;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "[input]\nmode = \"window\"\nfeatures = [\"v\"]\n[input.window]\nsize = 8\n\
+             [model]\nwarmup_records = 10\n[pipeline]\nmax_in_flight = 5000\n\
+             [threshold]\nkind = \"likelihood\"\n[threshold.likelihood]\nwarmup = 20\n\
+             history = 50\ninput = \"discord\"\nmemory = 30\n[state]\nmemory = \"1MiB\"\n",
+        )
+        .expect("write");
+        let s = load(Some(&path)).expect("valid");
+        let per_key = s.state.window_key_bytes + s.state.likelihood_key_bytes;
+        let fit = (1024 * 1024 / per_key) as usize;
+        assert!(fit > 10 && fit < 10_000, "{fit} keys of {per_key} bytes");
+        let InputShape::Window { max_keys, .. } = s.input.shape else {
+            panic!("window mode")
+        };
+        assert_eq!(max_keys, fit);
+        let ThresholdSpec::Likelihood {
+            params,
+            max_keys: likelihood_keys,
+            ..
+        } = s.threshold
+        else {
+            panic!("likelihood")
+        };
+        assert_eq!(likelihood_keys, fit);
+        // Ten times as many keys as fit, each with a full history and discord memory.
+        let mut keyed = Keyed::new(params, likelihood_keys);
+        let mut shaper = crate::pipeline::window::Shaper::new(&s.input);
+        for k in 0..10 * fit {
+            let key = format!("key-{k}");
+            for i in 0..60 {
+                let w = shaper.shape(Some(&key), vec![(i % 7) as f32]);
+                keyed.update(Some(&key), 0.0, &w, Some(f64::from(w[7])));
+            }
+        }
+        assert_eq!(keyed.keys(), fit);
+        assert_eq!(keyed.evictions(), (9 * fit) as u64);
+        let crate::pipeline::window::Shaper::Window(w) = &shaper else {
+            panic!("window mode")
+        };
+        assert_eq!(w.keys(), fit);
+        // The state kept per key stays within the bound the budget is counted in.
+        let snapshot = keyed.snapshot().expect("snapshot");
+        assert!(
+            snapshot.len() / fit <= s.state.likelihood_key_bytes,
+            "{} bytes a key serialised, {} budgeted",
+            snapshot.len() / fit,
+            s.state.likelihood_key_bytes
+        );
+        let err = std::fs::write(&path, "[state]\nmemory = \"lots\"\n")
+            .map_err(|e| e.to_string())
+            .and_then(|()| load(Some(&path)).map(|_| ()).map_err(|e| e.to_string()))
+            .expect_err("a bad size");
+        assert!(err.contains("state.memory"), "{err}");
     }
 }

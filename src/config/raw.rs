@@ -16,9 +16,17 @@ pub struct RawConfig {
     pub threshold: RawThreshold,
     pub retrain: RawRetrain,
     pub cluster: RawCluster,
+    pub state: RawState,
     pub alerts: RawAlerts,
     pub http: RawHttp,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// Memory for per-key state (windows, likelihoods, discords), e.g. "512MiB".
+    pub memory: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -24,9 +24,28 @@ pub struct Settings {
     pub threshold: ThresholdSpec,
     pub retrain: RetrainPolicy,
     pub cluster: ClusterSettings,
+    pub state: StateBudget,
     pub top_features: usize,
     pub http_listen: SocketAddr,
     pub log_format: LogFormat,
+}
+
+/// The memory budget for per-key state, and what one key costs in it (upper bounds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StateBudget {
+    pub memory: u64,
+    /// Window state of a key (window mode), else 0.
+    pub window_key_bytes: usize,
+    /// Anomaly-likelihood state of a key (`threshold.kind = "likelihood"`), else 0.
+    pub likelihood_key_bytes: usize,
+}
+
+impl StateBudget {
+    /// Keys whose state fits the budget.
+    pub fn keys(&self) -> usize {
+        let per_key = (self.window_key_bytes + self.likelihood_key_bytes).max(1) as u64;
+        (self.memory / per_key) as usize
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -645,6 +664,56 @@ impl Settings {
             )
         })?;
 
+        // Per-key state within [state] memory: a key costs its window and its likelihood;
+        // both are capped at the keys that fit (least recently seen evicted beyond).
+        let memory = raw
+            .state
+            .memory
+            .parse::<bytesize::ByteSize>()
+            .map_err(|e| {
+                ConfigError::invalid(
+                    "state.memory",
+                    format!("{:?} is not a size like \"512MiB\" ({e})", raw.state.memory),
+                )
+            })?
+            .as_u64();
+        let window = match &input.shape {
+            InputShape::Window { size, .. } => *size,
+            _ => input.dim(),
+        };
+        let state = StateBudget {
+            memory,
+            window_key_bytes: match &input.shape {
+                InputShape::Window {
+                    size, differences, ..
+                } => crate::pipeline::window::Windower::key_bytes(*size, *differences),
+                _ => 0,
+            },
+            likelihood_key_bytes: match &threshold {
+                ThresholdSpec::Likelihood { params, .. } => params.key_bytes(window),
+                _ => 0,
+            },
+        };
+        let fit = state.keys();
+        if state.window_key_bytes + state.likelihood_key_bytes > 0 && fit == 0 {
+            return Err(ConfigError::invalid(
+                "state.memory",
+                format!(
+                    "{} holds no key: one key's state takes {} bytes",
+                    raw.state.memory,
+                    state.window_key_bytes + state.likelihood_key_bytes
+                ),
+            ));
+        }
+        let mut input = input;
+        if let InputShape::Window { max_keys, .. } = &mut input.shape {
+            *max_keys = (*max_keys).min(fit);
+        }
+        let mut threshold = threshold;
+        if let ThresholdSpec::Likelihood { max_keys, .. } = &mut threshold {
+            *max_keys = (*max_keys).min(fit);
+        }
+
         Ok(Settings {
             kafka,
             input,
@@ -654,6 +723,7 @@ impl Settings {
             threshold,
             retrain,
             cluster,
+            state,
             top_features: raw.alerts.top_features,
             http_listen,
             log_format: raw.log.format,

@@ -407,8 +407,14 @@ pub(crate) mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         crate::model::store::save(dir.path(), &det).expect("save");
-        let loaded = crate::model::store::load(dir.path(), 1, Device::Cpu).expect("load");
-        assert_eq!(loaded.meta, det.meta, "{kind:?}: metadata round trip");
+        // Loaded through the checks that guard serving: every kind passes them.
+        let loaded =
+            crate::model::store::load_checked(dir.path(), 1, &det.meta.features, Device::Cpu)
+                .unwrap_or_else(|r| panic!("{kind:?}: rejected: {r}"));
+        let mut meta = loaded.meta.clone();
+        assert!(meta.files.contains_key("weights.safetensors"));
+        meta.files.clear();
+        assert_eq!(meta, det.meta, "{kind:?}: metadata round trip");
         assert_eq!(
             loaded.score(&anomalous).expect("score"),
             out,

@@ -131,6 +131,25 @@ pub struct LikelihoodParams {
     pub discord: Option<DiscordParams>,
 }
 
+impl LikelihoodParams {
+    /// An upper bound on one key's state in bytes, for windows of `window` values: the
+    /// smoothed-score history and the recent scores (f64 each, counted twice: a growing
+    /// deque may hold up to twice its length), the discord memory (`(memory + w) *
+    /// ceil(w / segment)` f32, allocated once) when fed discords, the structs, and the key
+    /// and LRU entry (128 bytes allowed for a key).
+    pub fn key_bytes(&self, window: usize) -> usize {
+        let discord = self.discord.map_or(0, |d| {
+            let reduced = window.div_ceil(d.segment.max(1));
+            4 * (d.memory.max(1) + window) * reduced + std::mem::size_of::<Discord>()
+        });
+        std::mem::size_of::<Likelihood>()
+            + 16 * (self.history + 1 + self.average.max(1) + 1)
+            + discord
+            + 128
+            + 64
+    }
+}
+
 impl Default for LikelihoodParams {
     fn default() -> Self {
         Self {

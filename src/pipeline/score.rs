@@ -684,6 +684,7 @@ fn score_batch(
     norm_hist.flush();
     if let Some(k) = keyed {
         metrics.likelihood_keys.set(k.keys() as i64);
+        metrics.set_state_keys(1, k.keys());
         let seen = metrics.likelihood_evictions.get();
         metrics
             .likelihood_evictions

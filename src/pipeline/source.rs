@@ -224,6 +224,7 @@ impl Source {
             .set(self.tracker.pending() as i64);
         if let Shaper::Window(w) = shaper {
             self.metrics.window_keys.set(w.keys() as i64);
+            self.metrics.set_state_keys(0, w.keys());
             let seen = self.metrics.window_evictions.get();
             self.metrics
                 .window_evictions

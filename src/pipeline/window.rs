@@ -45,6 +45,12 @@ pub struct Windower {
 }
 
 impl Windower {
+    /// An upper bound on one key's window state in bytes: its values (f32), the deque, and
+    /// the key and LRU entry (128 bytes allowed for a key).
+    pub fn key_bytes(size: usize, differences: bool) -> usize {
+        4 * (size + usize::from(differences)) + std::mem::size_of::<VecDeque<f32>>() + 128 + 64
+    }
+
     pub fn new(size: usize, differences: bool, max_keys: usize) -> Self {
         let cap = NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN);
         Windower {

@@ -55,6 +55,11 @@ pub struct Metrics {
     pub source_paused: IntGauge,
     pub models_rejected: IntCounterVec,
     pub trainer_restarts: IntCounter,
+    pub state_bytes: IntGaugeVec,
+    pub state_budget: IntGauge,
+    /// What one key's state costs (window, likelihood), set at start: the stages multiply
+    /// their key counts by it for `state_bytes`.
+    pub state_key_bytes: [std::sync::atomic::AtomicUsize; 2],
 }
 
 /// `reason` label values of `anomalyd_dead_letters_total`: records dead-lettered for
@@ -182,6 +187,20 @@ impl Metrics {
             "reason",
         );
         records_dropped.with_label_values(&["dlq_refused"]);
+        let state_bytes = IntGaugeVec::new(
+            Opts::new(
+                "anomalyd_state_bytes",
+                "Per-key state held, by kind (window, likelihood): keys times the upper bound \
+                 of one key's state. At most state.memory together.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(state_bytes.clone()))
+            .expect("registered once");
+        for kind in ["window", "likelihood"] {
+            state_bytes.with_label_values(&[kind]);
+        }
         let models_rejected = counter_vec(
             &r,
             "anomalyd_models_rejected_total",
@@ -372,6 +391,13 @@ impl Metrics {
                  (pipeline.max_in_flight or a full channel); the group membership is kept.",
             ),
             models_rejected,
+            state_bytes,
+            state_budget: int_gauge(
+                &r,
+                "anomalyd_state_budget_bytes",
+                "state.memory: the budget for per-key state.",
+            ),
+            state_key_bytes: Default::default(),
             trainer_restarts: counter(
                 &r,
                 "anomalyd_trainer_restarts_total",
@@ -379,6 +405,23 @@ impl Metrics {
             ),
             registry: r,
         }
+    }
+
+    /// Sets the state budget and what one key costs in it.
+    pub fn set_state_budget(&self, b: &crate::config::StateBudget) {
+        use std::sync::atomic::Ordering;
+        self.state_budget.set(b.memory as i64);
+        self.state_key_bytes[0].store(b.window_key_bytes, Ordering::Relaxed);
+        self.state_key_bytes[1].store(b.likelihood_key_bytes, Ordering::Relaxed);
+    }
+
+    /// Records how many keys hold window (0) or likelihood (1) state.
+    pub fn set_state_keys(&self, kind: usize, keys: usize) {
+        use std::sync::atomic::Ordering;
+        let bytes = keys * self.state_key_bytes[kind].load(Ordering::Relaxed);
+        self.state_bytes
+            .with_label_values(&[["window", "likelihood"][kind]])
+            .set(bytes as i64);
     }
 
     /// The Prometheus text exposition of every metric.
