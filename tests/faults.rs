@@ -30,8 +30,8 @@ fn model_toml(store: &std::path::Path, extra: &str) -> String {
 fn wait_committed(kafka: &Kafka, t: &Topics, partitions: i32, total: i64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let c: i64 = kafka
-            .committed(&t.group, &t.input, partitions)
+        let c: i64 = common::try_committed(kafka, &t.group, &t.input, partitions)
+            .unwrap_or_default()
             .iter()
             .map(|&o| o.max(0))
             .sum();
@@ -132,33 +132,36 @@ fn ten_sigkills_lose_nothing_and_duplicates_stay_within_the_bound() {
     println!("kill moments seed {seed}");
     let mut rng = Lcg(seed);
     let mut committed_before = 0i64;
+    // The whole stream first: every kill lands mid-stream, with a backlog behind it.
+    kafka.produce(&t.input, &spread(0, N, PARTITIONS));
     for kill in 0..KILLS {
-        // Each round has fresh records to work on (a tenth of the stream).
-        let per_round = N / KILLS;
-        kafka.produce(
-            &t.input,
-            &spread(kill * per_round, (kill + 1) * per_round, PARTITIONS),
-        );
         let mut daemon = Daemon::start(dir.path(), &config);
-        // Let it make progress (it has to rejoin, load the model, score), then kill it
-        // at a random moment.
+        // Let it make progress (rejoin, load the model, score, commit), then kill it at a
+        // random moment.
         daemon.wait_metric(
             "anomalyd_records_scored_total",
             Duration::from_secs(120),
             |v| v > 0.0,
         );
-        std::thread::sleep(Duration::from_millis(100 + rng.next() % 1_500));
-        let committed: i64 = kafka
-            .committed(&t.group, &t.input, PARTITIONS)
-            .iter()
-            .map(|&o| o.max(0))
-            .sum();
+        let committed_now = || -> i64 {
+            common::try_committed(&kafka, &t.group, &t.input, PARTITIONS)
+                .unwrap_or_default()
+                .iter()
+                .map(|&o| o.max(0))
+                .sum()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while committed_now() <= committed_before {
+            assert!(
+                Instant::now() < deadline,
+                "kill {kill}: no offset committed since the last kill ({committed_before})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng.next() % 600));
+        let committed = committed_now();
         daemon.kill();
         println!("kill {kill}: {committed} committed before it");
-        assert!(
-            committed > committed_before || committed as usize == N,
-            "kill {kill}: no offset committed since the last kill ({committed})"
-        );
         committed_before = committed;
     }
     let mut daemon = Daemon::start(dir.path(), &config);
@@ -230,7 +233,8 @@ fn broker_restarted_twice_mid_stream_is_waited_out() {
         );
         broker.up();
         let back = Instant::now();
-        daemon.wait_metric("anomalyd_kafka_up", Duration::from_secs(30), |v| v == 1.0);
+        // Tansu may reset connections for a while after a restart: allow it time.
+        daemon.wait_metric("anomalyd_kafka_up", Duration::from_secs(90), |v| v == 1.0);
         println!(
             "round {round}: broker down {:?}, daemon ready again {:?} after the restart",
             back - stopped,

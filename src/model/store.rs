@@ -277,7 +277,19 @@ pub struct Bundle {
     pub format: String,
     pub version: u64,
     pub files: std::collections::BTreeMap<String, String>,
+    /// When it was published (ms since the epoch): a scorer applies only bundles newer
+    /// than the last one it applied, so a replayed message never rolls back. 0: unknown
+    /// (bundles published before it existed), always applied.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub serial: u64,
 }
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// The serial of the last bundle from the model topic that this store applied.
+const APPLIED: &str = "APPLIED";
 
 /// The `format` of a [`Bundle`] this build writes and reads.
 pub const BUNDLE_FORMAT: &str = "anomalyd.bundle.v1";
@@ -304,6 +316,7 @@ pub fn export(store: &Path, version: u64) -> Result<Bundle, ModelError> {
         format: BUNDLE_FORMAT.into(),
         version,
         files,
+        serial: 0,
     })
 }
 
@@ -335,6 +348,23 @@ pub fn import(
             format!(
                 "format {:?}, this build reads {BUNDLE_FORMAT:?}",
                 bundle.format
+            ),
+        )));
+    }
+    let applied = std::fs::read_to_string(store.join(APPLIED))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if bundle.serial > 0 && bundle.serial <= applied {
+        if bundle.serial == applied {
+            // The very message applied last, read again (a restart re-reads the topic).
+            return Ok(Imported::Current(bundle.version));
+        }
+        return Ok(Imported::Rejected(Rejected::new(
+            "replay",
+            format!(
+                "published at {} ms, before the last bundle applied ({applied} ms)",
+                bundle.serial
             ),
         )));
     }
@@ -379,6 +409,9 @@ pub fn import(
         publish_dir(store, &tmp, &dest)?;
     }
     set_current(store, bundle.version)?;
+    if bundle.serial > 0 {
+        write_atomic(store, APPLIED, format!("{}\n", bundle.serial).as_bytes())?;
+    }
     Ok(Imported::Current(bundle.version))
 }
 
@@ -710,5 +743,33 @@ mod tests {
         );
         assert_eq!(rejected.len(), 2);
         assert_eq!(rejected[1].1.reason, "unreadable");
+    }
+
+    /// A replayed (older) publication is rejected; a revert published anew is applied.
+    #[test]
+    fn a_replayed_bundle_is_no_rollback_but_a_republished_revert_is() {
+        let from = tempfile::tempdir().expect("tempdir");
+        let to = tempfile::tempdir().expect("tempdir");
+        let f = features();
+        save(from.path(), &trained()).expect("save v1");
+        let mut v2 = trained();
+        v2.meta.version = 2;
+        save(from.path(), &v2).expect("save v2");
+        let publish = |version: u64, serial: u64| Bundle {
+            serial,
+            ..export(from.path(), version).expect("export")
+        };
+        let take = |b: &Bundle| import(to.path(), b, &f, Device::Cpu).expect("import");
+        assert_eq!(take(&publish(1, 1_000)), Imported::Current(1));
+        assert_eq!(take(&publish(2, 2_000)), Imported::Current(2));
+        // The v1 message published at 1000 again: a replay.
+        let r = rejected(import(to.path(), &publish(1, 1_000), &f, Device::Cpu));
+        assert_eq!(r.reason, "replay");
+        assert_eq!(current(to.path()).expect("current"), Some(2));
+        // The last message read again after a restart: nothing changes.
+        assert_eq!(take(&publish(2, 2_000)), Imported::Current(2));
+        // An explicit revert to v1, published anew.
+        assert_eq!(take(&publish(1, 3_000)), Imported::Current(1));
+        assert_eq!(current(to.path()).expect("current"), Some(1));
     }
 }

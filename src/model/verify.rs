@@ -22,7 +22,7 @@ pub const REASONS: [&str; 9] = [
     "not_finite",
     "smoke",
     "conflict",
-    "foreign_lineage",
+    "replay",
 ];
 
 /// Why a bundle may not serve.

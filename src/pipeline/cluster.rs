@@ -121,7 +121,13 @@ impl Publisher {
 
     /// Sends one version's bundle and waits for the broker's acknowledgement.
     fn publish(&self, version: u64) -> Result<usize, String> {
-        let bundle = store::export(&self.store, version).map_err(|e| e.to_string())?;
+        let mut bundle = store::export(&self.store, version).map_err(|e| e.to_string())?;
+        // Each publication is newer than every earlier one: a scorer takes a bundle only
+        // with a serial above the last it applied, so a replayed old message is no rollback,
+        // while a revert (published anew) is.
+        bundle.serial = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
         let payload = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
         *self
             .producer

@@ -154,8 +154,8 @@ pub enum Disposition {
     Fatal,
     /// Refused for its own content (too large, invalid): dead-letter the record.
     DeadLetter(&'static str),
-    /// Possibly transient (timed out, topic missing, leader unavailable): produce it
-    /// again after a backoff; dead-lettered after a few attempts.
+    /// Not about this record (timed out, topic missing, leader unavailable, an error the
+    /// broker does not name): produce it again after a backoff, until it goes through.
     Retry,
     /// Purged while the producer shuts down: leave it unacknowledged (replayed on restart).
     Abandon,

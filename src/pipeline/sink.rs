@@ -4,8 +4,10 @@
 //! non-finite value, or whose output the broker refused (handed back by the producer's
 //! delivery callback). Each batch's offsets are acknowledged only once every message for it
 //! is done, so no record is committed without its outputs, and no record can stop its
-//! partition: what the broker refuses for that record alone ends on the dead-letter topic,
-//! and a dead letter the broker refuses as well is counted, logged and acknowledged.
+//! partition: what the broker refuses for that record alone (too large, invalid) ends on the
+//! dead-letter topic, and a dead letter the broker refuses for itself as well is counted,
+//! logged and acknowledged. Any other failure (the broker away, an error it does not name)
+//! is tried again with a backoff until it succeeds: waiting fixes those, and nothing is lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -38,10 +40,8 @@ pub struct DeadJob {
 /// The longest record key a dead letter carries as its Kafka key; a longer one (which may
 /// be why the outputs were refused) is left out (the payload prefix still shows it).
 const DLQ_KEY_MAX: usize = 1024;
-/// Attempts at a message whose delivery failed for a possibly transient reason before the
-/// record is dead-lettered (an output) or given up (a dead letter).
-const OUTPUT_ATTEMPTS: u32 = 5;
-const DLQ_ATTEMPTS: u32 = 3;
+/// The longest wait between two attempts at a message the broker did not take.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct Sink {
     pub producer: Arc<Producer>,
@@ -305,35 +305,34 @@ impl Sink {
     ) -> Result<(), PipelineError> {
         let id = (r.output, r.record.0, r.record.1);
         let attempts = retries.attempts.get(&id).copied().unwrap_or(0) + 1;
-        let limit = if r.output == Output::Dlq {
-            DLQ_ATTEMPTS
-        } else {
-            OUTPUT_ATTEMPTS
-        };
         let reason = match r.disposition {
             Disposition::Fatal => return Err(PipelineError::Produce(r.error)),
             Disposition::Abandon => {
                 r.pending.done_one(None, &self.tracker, &self.metrics);
                 return Ok(());
             }
-            Disposition::Retry if attempts < limit => {
+            // Not about this record (the broker away or restarting, an error it does not
+            // name): tried again until it goes through, with a backoff, however long that
+            // takes. The record stays unacknowledged meanwhile; nothing is given up.
+            Disposition::Retry => {
                 retries.attempts.insert(id, attempts);
-                let backoff = Duration::from_millis(250 << attempts.min(6));
-                tracing::warn!(
-                    output = r.output.as_str(),
-                    partition = r.record.0,
-                    offset = r.record.1,
-                    attempts,
-                    error = %r.error,
-                    "output not delivered; trying again"
-                );
+                let backoff = Duration::from_millis(250 << attempts.min(7)).min(RETRY_MAX);
+                if attempts <= 3 || attempts.is_power_of_two() {
+                    tracing::warn!(
+                        output = r.output.as_str(),
+                        partition = r.record.0,
+                        offset = r.record.1,
+                        attempts,
+                        error = %r.error,
+                        "output not delivered; trying again"
+                    );
+                }
                 retries.queue.push_back(Retry {
                     due: Instant::now() + backoff,
                     refused: r,
                 });
                 return Ok(());
             }
-            Disposition::Retry => "output_rejected",
             Disposition::DeadLetter(reason) => reason,
         };
         retries.attempts.remove(&id);

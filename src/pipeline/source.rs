@@ -5,9 +5,10 @@
 //! it to drain before the final commit.
 //!
 //! It never blocks on the stages after it: when they are full (a channel, or more than
-//! `pipeline.max_in_flight` records consumed but not yet delivered), it pauses its
-//! partitions and keeps polling, so the consumer stays in its group (heartbeats, rebalances)
-//! and a shutdown is noticed at once, however slow the scorer or the broker is.
+//! `pipeline.max_in_flight` records consumed but not yet delivered), it waits without
+//! polling for a moment, then pauses its partitions and keeps polling, so the consumer stays
+//! in its group (heartbeats, rebalances) and a shutdown is noticed at once, however slow the
+//! scorer or the broker is.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,8 +31,10 @@ use crate::telemetry::Metrics;
 
 /// How long one poll waits; bounds how quickly the source notices shutdown.
 const POLL: Duration = Duration::from_millis(100);
-/// How long one poll waits while the stages after the source are full.
+/// How long one poll (or wait) lasts while the stages after the source are full.
 const POLL_PAUSED: Duration = Duration::from_millis(10);
+/// How long the stages after the source may stay full before its partitions are paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// How often completed offsets are stored for the next commit.
 const STORE_EVERY: Duration = Duration::from_millis(50);
 
@@ -110,6 +113,7 @@ impl Source {
         let mut shaper = Shaper::new(&self.input);
         let mut held: VecDeque<Item> = VecDeque::new();
         let mut paused = false;
+        let mut full_since: Option<Instant> = None;
         let mut consumed = 0u64;
         let mut stored = Stored::default();
         let mut last_store = Instant::now();
@@ -144,27 +148,44 @@ impl Source {
                 }
             }
             let full = !held.is_empty() || self.tracker.pending() >= self.max_in_flight;
+            // A short stall (a batch being scored) just skips polling: librdkafka keeps the
+            // membership alive from its own threads and its prefetched records wait. A stall
+            // that lasts (a model training, the broker away) pauses the partitions and polls
+            // again, so rebalances are served and max.poll.interval.ms is never exceeded.
             if full {
-                // Re-paused every round: a rebalance may have assigned new partitions.
-                self.pause(true);
-            } else if paused {
-                self.pause(false);
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if !paused && since.elapsed() >= PAUSE_AFTER {
+                    self.pause(true);
+                    paused = true;
+                    self.metrics.source_paused.set(1);
+                }
+            } else {
+                full_since = None;
+                if paused {
+                    self.pause(false);
+                    paused = false;
+                    self.metrics.source_paused.set(0);
+                }
             }
-            if full != paused {
-                self.metrics.source_paused.set(i64::from(full));
-                paused = full;
-            }
-            match self.consumer.poll(if full { POLL_PAUSED } else { POLL }) {
-                None => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                Some(Ok(msg)) => {
-                    consumed += 1;
-                    self.tracker.register(msg.partition(), msg.offset());
-                    match to_record(&decoder, &mut shaper, &msg) {
-                        Ok(record) => held.push_back(Item::Record(record)),
-                        Err(e) => {
-                            if let Some(job) = self.dead_letter(&msg, e) {
-                                held.push_back(Item::Dead(job));
+            if full && !paused {
+                std::thread::sleep(POLL_PAUSED);
+            } else {
+                match self.consumer.poll(if full { POLL_PAUSED } else { POLL }) {
+                    None => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                    Some(Ok(msg)) => {
+                        if paused {
+                            // A partition assigned since the pause: pause it too.
+                            self.pause(true);
+                        }
+                        consumed += 1;
+                        self.tracker.register(msg.partition(), msg.offset());
+                        match to_record(&decoder, &mut shaper, &msg) {
+                            Ok(record) => held.push_back(Item::Record(record)),
+                            Err(e) => {
+                                if let Some(job) = self.dead_letter(&msg, e) {
+                                    held.push_back(Item::Dead(job));
+                                }
                             }
                         }
                     }

@@ -484,6 +484,12 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
 }
 
 fn committed_on(kafka: &Kafka, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    try_committed(kafka, group, topic, partitions).expect("committed offsets")
+}
+
+/// The group's committed positions, or `None` when the broker does not answer in time
+/// (just restarted, say).
+pub fn try_committed(kafka: &Kafka, group: &str, topic: &str, partitions: i32) -> Option<Vec<i64>> {
     let consumer: BaseConsumer = kafka
         .config()
         .set("group.id", group)
@@ -496,13 +502,15 @@ fn committed_on(kafka: &Kafka, group: &str, topic: &str, partitions: i32) -> Vec
     }
     let got = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    (0..partitions)
-        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
+        .ok()?;
+    Some(
+        (0..partitions)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect(),
+    )
 }
 
 /// Synthetic multivariate records: 8 correlated features.
