@@ -132,9 +132,15 @@ fn ten_sigkills_lose_nothing_and_duplicates_stay_within_the_bound() {
     println!("kill moments seed {seed}");
     let mut rng = Lcg(seed);
     let mut committed_before = 0i64;
-    // The whole stream first: every kill lands mid-stream, with a backlog behind it.
+    // The whole stream first: every kill lands mid-stream, with a backlog behind it (more
+    // records are added when the daemon gets near the end before the last kill).
     kafka.produce(&t.input, &spread(0, N, PARTITIONS));
+    let mut produced = N;
     for kill in 0..KILLS {
+        if committed_before as usize + 10_000 > produced {
+            kafka.produce(&t.input, &spread(produced, produced + 20_000, PARTITIONS));
+            produced += 20_000;
+        }
         let mut daemon = Daemon::start(dir.path(), &config);
         // Let it make progress (rejoin, load the model, score, commit), then kill it at a
         // random moment.
@@ -158,14 +164,20 @@ fn ten_sigkills_lose_nothing_and_duplicates_stay_within_the_bound() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(rng.next() % 600));
+        std::thread::sleep(Duration::from_millis(rng.next() % 300));
         let committed = committed_now();
         daemon.kill();
         println!("kill {kill}: {committed} committed before it");
         committed_before = committed;
     }
     let mut daemon = Daemon::start(dir.path(), &config);
-    wait_committed(&kafka, &t, PARTITIONS, N as i64, Duration::from_secs(300));
+    wait_committed(
+        &kafka,
+        &t,
+        PARTITIONS,
+        produced as i64,
+        Duration::from_secs(300),
+    );
     daemon.wait_metric("anomalyd_pending_records", Duration::from_secs(30), |v| {
         v == 0.0
     });
@@ -177,11 +189,12 @@ fn ten_sigkills_lose_nothing_and_duplicates_stay_within_the_bound() {
     );
 
     let (seen, total) = outputs(&kafka, &t);
-    assert_every_offset(&seen, PARTITIONS, &[(N / 4) as i64; 4]);
+    assert_every_offset(&seen, PARTITIONS, &[(produced / 4) as i64; 4]);
     let duplicates = total - seen.len();
     let bound = KILLS * 2 * MAX_IN_FLIGHT;
     println!(
-        "{N} records, {KILLS} kills: {total} outputs, {duplicates} duplicates (bound {bound})"
+        "{produced} records, {KILLS} kills: {total} outputs, {duplicates} duplicates \
+         (bound {bound})"
     );
     assert!(
         duplicates <= bound,
