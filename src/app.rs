@@ -42,12 +42,10 @@ where
         .spawn(move || {
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
-                    let msg = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    Err(PipelineError::Panicked(name, msg))
+                    Err(PipelineError::Panicked(
+                        name,
+                        crate::error::panic_message(&*p),
+                    ))
                 });
             let _ = exits.send((name, result));
         });

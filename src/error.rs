@@ -3,6 +3,15 @@
 use crate::config::ConfigError;
 use crate::model::ModelError;
 
+/// The message a panic carried (`panic!` with a string or a format), or "".
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("kafka: {0}")]

@@ -588,3 +588,72 @@ fn missing_dlq_topic_is_named_and_refused_outputs_never_stop_the_partition() {
         .collect();
     assert_eq!(scored, want, "every other record scored");
 }
+
+/// SIGTERM is honoured while the daemon waits for a broker, and while it drains towards a
+/// broker that went away; a second SIGTERM then exits at once (130), without waiting for
+/// the drain deadline.
+#[test]
+fn sigterm_is_honoured_at_any_time_and_a_second_one_exits_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = TestBroker::start(false, &[]);
+    let kafka = broker.kafka(&[]);
+    let t = Topics::fresh_on(&kafka, "sigterm", 1);
+    kafka.produce(&t.input, &spread(0, 2_000, 1));
+    let config = format!(
+        "{}{}[pipeline]\ndrain_timeout = \"60s\"\n",
+        t.kafka_toml_on(&broker.brokers()),
+        model_toml(&dir.path().join("models"), "")
+    );
+    // Waiting for the broker: one SIGTERM stops it, cleanly.
+    broker.down();
+    let mut waiting = Daemon::start(dir.path(), &config);
+    waiting.wait_log("not ready: waiting for the broker", Duration::from_secs(30));
+    let asked = Instant::now();
+    let (status, logs) = waiting.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{logs}");
+    println!(
+        "waiting for the broker: exited {:?} after SIGTERM",
+        asked.elapsed()
+    );
+
+    // Draining while the first model trains for minutes: the first SIGTERM starts a drain
+    // that could last the 60 s deadline; the second ends it at once.
+    broker.up();
+    let slow = config.replace("epochs = 5", "epochs = 200000");
+    assert_ne!(slow, config);
+    let mut draining = Daemon::start(dir.path(), &slow);
+    draining.wait_metric(
+        "anomalyd_records_consumed_total",
+        Duration::from_secs(60),
+        |v| v >= 300.0,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    draining.signal_term();
+    draining.wait_log(
+        "draining (a second one exits at once)",
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        draining.is_running(),
+        "still draining after the first SIGTERM"
+    );
+    let asked = Instant::now();
+    let (status, logs) = draining.terminate(Duration::from_secs(5));
+    println!(
+        "second SIGTERM: exited {:?} later with {status}",
+        asked.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "{logs}");
+    assert!(logs.contains("second signal: exiting now"), "{logs}");
+    // Nothing is lost: what was not committed is read again by the next run.
+    let mut again = Daemon::start(dir.path(), &config);
+    wait_committed(&kafka, &t, 1, 2_000, Duration::from_secs(120));
+    again.wait_metric("anomalyd_pending_records", Duration::from_secs(30), |v| {
+        v == 0.0
+    });
+    let (status, logs) = again.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{logs}");
+    let (seen, _) = outputs(&kafka, &t);
+    assert_every_offset(&seen, 1, &[2_000]);
+}

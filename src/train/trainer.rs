@@ -132,13 +132,9 @@ fn serve(jobs: Receiver<Job>, outcomes: Sender<Outcome>, mut work: impl FnMut(Jo
     for job in jobs {
         let version = job.version;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(job)))
-            .unwrap_or_else(|p| {
-                let message = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Outcome::Panicked { version, message }
+            .unwrap_or_else(|p| Outcome::Panicked {
+                version,
+                message: crate::error::panic_message(&*p),
             });
         if outcomes.send(outcome).is_err() {
             return;

@@ -398,6 +398,11 @@ impl Daemon {
         assert!(ok, "kill {sig} failed");
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_term(&self) {
+        self.signal("-TERM");
+    }
+
     /// SIGTERM, then wait for the exit.
     pub fn terminate(mut self, timeout: Duration) -> (ExitStatus, String) {
         self.signal("-TERM");
