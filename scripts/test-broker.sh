@@ -7,6 +7,9 @@
 #   scripts/test-broker.sh stop DIR       # the broker and its TLS listener
 #   scripts/test-broker.sh down DIR       # the broker only (a broker outage; `up` restarts it)
 #   scripts/test-broker.sh up DIR
+#   PORT=19200 PROXY_PORT=19202 scripts/test-broker.sh start DIR   # clients go through a proxy
+#   scripts/test-broker.sh cut DIR        # the proxy stops: the broker is unreachable
+#   scripts/test-broker.sh mend DIR       # reachable again (the broker itself never stopped)
 #
 # TLS: Tansu 0.6.0 accepts --cert/--key but never uses them (its TLS acceptor is built and
 # dropped), so TLS is terminated by socat (OpenSSL) on TLS_PORT, forwarding to the broker,
@@ -76,6 +79,20 @@ make_certs() {
     )
 }
 
+# A plain TCP forwarder on PROXY_PORT: stopping it makes the broker unreachable (refused
+# connections, open ones dropped) while the broker and its state stay as they are.
+start_proxy() {
+    setsid socat "TCP-LISTEN:$PROXY_PORT,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$PORT" \
+        >>"$DIR/socat.log" 2>&1 </dev/null &
+    echo $! >"$DIR/proxy.pid"
+    for _ in $(seq 1 50); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PROXY_PORT") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "proxy did not start on $PROXY_PORT" >&2
+    exit 1
+}
+
 start_tls() {
     setsid socat "OPENSSL-LISTEN:$TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$DIR/server.pem,verify=0" \
         "TCP:127.0.0.1:$PORT" >>"$DIR/socat.log" 2>&1 </dev/null &
@@ -92,6 +109,7 @@ start_tls() {
 broker_args() {
     local advertised="tcp://127.0.0.1:$PORT"
     [ -n "${TLS_PORT:-}" ] && advertised="tcp://localhost:$TLS_PORT"
+    [ -n "${PROXY_PORT:-}" ] && advertised="tcp://127.0.0.1:$PROXY_PORT"
     echo "$advertised"
 }
 
@@ -99,7 +117,8 @@ case "$cmd" in
 start)
     [ -x "$TANSU" ] || { echo "tansu is not installed: run scripts/setup.sh" >&2; exit 1; }
     [ -n "${PORT:-}" ] || { echo "PORT is required" >&2; exit 2; }
-    printf 'PORT=%q\nTLS_PORT=%q\nSASL_USERS=%q\n' "$PORT" "${TLS_PORT:-}" "${SASL_USERS:-}" >"$DIR/settings"
+    printf 'PORT=%q\nTLS_PORT=%q\nPROXY_PORT=%q\nSASL_USERS=%q\n' "$PORT" "${TLS_PORT:-}" \
+        "${PROXY_PORT:-}" "${SASL_USERS:-}" >"$DIR/settings"
     auth=()
     if [ -n "${SASL_USERS:-}" ] || [ -n "${TOPICS:-}" ]; then
         # Users and topics are made before authentication is on (Tansu's own client
@@ -121,6 +140,7 @@ start)
         make_certs
         start_tls
     fi
+    [ -n "${PROXY_PORT:-}" ] && start_proxy
     start_tansu "$(broker_args)" "${auth[@]}"
     echo "plain=127.0.0.1:$PORT${TLS_PORT:+ tls=localhost:$TLS_PORT}"
     ;;
@@ -132,14 +152,40 @@ up)
     source "$DIR/settings"
     auth=()
     [ -n "${SASL_USERS:-}" ] && auth=(--authentication)
-    start_tansu "$(broker_args)" "${auth[@]}"
+    # Tansu 0.6 sometimes comes back from a restart accepting connections but resetting
+    # every one of them: check that it answers a request (without authentication on only),
+    # and start it again if it does not.
+    for attempt in 1 2 3; do
+        start_tansu "$(broker_args)" "${auth[@]}"
+        [ -n "${SASL_USERS:-}" ] && break
+        answered=0
+        for _ in $(seq 1 50); do
+            if "$TANSU" topic list --broker "tcp://127.0.0.1:$PORT" >/dev/null 2>&1; then
+                answered=1
+                break
+            fi
+            sleep 0.2
+        done
+        [ "$answered" = 1 ] && break
+        echo "broker on $PORT does not answer after a restart (attempt $attempt); restarting it" >&2
+        stop_pid "$DIR/tansu.pid"
+    done
+    ;;
+cut)
+    stop_pid "$DIR/proxy.pid"
+    ;;
+mend)
+    # shellcheck disable=SC1091 # written by `start`
+    source "$DIR/settings"
+    start_proxy
     ;;
 stop)
     stop_pid "$DIR/tansu.pid"
     stop_pid "$DIR/socat.pid"
+    stop_pid "$DIR/proxy.pid"
     ;;
 *)
-    echo "usage: $0 start|stop|down|up DIR" >&2
+    echo "usage: $0 start|stop|down|up|cut|mend DIR" >&2
     exit 2
     ;;
 esac

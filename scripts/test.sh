@@ -37,8 +37,14 @@ for check in check-deploy check-dashboard check-image; do
 done
 set -e
 
-passed=$(cat "$RUN_DIR"/test.log "$RUN_DIR"/check-*.log | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END{print s+0}')
-failed=$(cat "$RUN_DIR"/test.log "$RUN_DIR"/check-*.log | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END{print s+0}')
+# Counted from the runners' own closing lines only (cargo's `test result:` lines and the
+# checks' final `N passed, M failed`), never from log text that happens to hold the words.
+summary() {
+    { grep -E '^test result: ' "$RUN_DIR"/test.log || true
+      grep -hE '^[0-9]+ passed, [0-9]+ failed$' "$RUN_DIR"/check-*.log || true; }
+}
+passed=$(summary | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END{print s+0}')
+failed=$(summary | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END{print s+0}')
 echo
 echo "total: $passed passed, $failed failed"
 exit "$status"

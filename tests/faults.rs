@@ -202,14 +202,18 @@ fn ten_sigkills_lose_nothing_and_duplicates_stay_within_the_bound() {
     );
 }
 
-/// The broker stops for several seconds, twice, mid-stream: the daemon stays up, reports
-/// not-ready while the broker is away, resumes by itself, and loses nothing.
+/// The broker goes away for several seconds, twice, mid-stream: the daemon stays up, reports
+/// not-ready while the broker is away, resumes by itself, and loses nothing. The outage is
+/// made by stopping the broker's listener (a proxy in front of it) rather than the broker:
+/// Tansu 0.6 restarted under a consumer group's commits sometimes comes back with its
+/// storage task dead and resets every connection (docs/reliability.md), which would test
+/// Tansu, not the daemon. A real stop and start is `broker_down_at_start_is_waited_for`.
 #[test]
-fn broker_restarted_twice_mid_stream_is_waited_out() {
+fn broker_unreachable_twice_mid_stream_is_waited_out() {
     const N: usize = 30_000;
     const PARTITIONS: i32 = 4;
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = TestBroker::start(false, &[]);
+    let broker = TestBroker::start_proxied();
     let kafka = broker.kafka(&[]);
     let t = Topics::fresh_on(&kafka, "outage", PARTITIONS);
     kafka.produce(&t.input, &spread(0, N, PARTITIONS));
@@ -226,7 +230,7 @@ fn broker_restarted_twice_mid_stream_is_waited_out() {
             |v| v >= until,
         );
         let stopped = Instant::now();
-        broker.down();
+        broker.cut();
         daemon.wait_metric("anomalyd_kafka_up", Duration::from_secs(20), |v| v == 0.0);
         assert_eq!(
             daemon.http_status("/readyz"),
@@ -244,9 +248,8 @@ fn broker_restarted_twice_mid_stream_is_waited_out() {
             "round {round}: the daemon exited:\n{}",
             daemon.logs()
         );
-        broker.up();
+        broker.mend();
         let back = Instant::now();
-        // Tansu may reset connections for a while after a restart: allow it time.
         daemon.wait_metric("anomalyd_kafka_up", Duration::from_secs(90), |v| v == 1.0);
         println!(
             "round {round}: broker down {:?}, daemon ready again {:?} after the restart",

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
@@ -113,6 +114,7 @@ impl Source {
         let mut shaper = Shaper::new(&self.input);
         let mut held: VecDeque<Item> = VecDeque::new();
         let mut paused = false;
+        let mut paused_partitions: Vec<i32> = Vec::new();
         let mut full_since: Option<Instant> = None;
         let mut consumed = 0u64;
         let mut stored = Stored::default();
@@ -155,14 +157,14 @@ impl Source {
             if full {
                 let since = *full_since.get_or_insert_with(Instant::now);
                 if !paused && since.elapsed() >= PAUSE_AFTER {
-                    self.pause(true);
+                    self.pause(&mut paused_partitions);
                     paused = true;
                     self.metrics.source_paused.set(1);
                 }
             } else {
                 full_since = None;
                 if paused {
-                    self.pause(false);
+                    self.resume(&mut paused_partitions);
                     paused = false;
                     self.metrics.source_paused.set(0);
                 }
@@ -176,7 +178,7 @@ impl Source {
                     Some(Ok(msg)) => {
                         if paused {
                             // A partition assigned since the pause: pause it too.
-                            self.pause(true);
+                            self.pause(&mut paused_partitions);
                         }
                         consumed += 1;
                         self.tracker.register(msg.partition(), msg.offset());
@@ -219,21 +221,44 @@ impl Source {
 
     /// Pauses (or resumes) every assigned partition: the consumer keeps polling, so it
     /// stays in the group, but fetches nothing new while paused.
-    fn pause(&self, pause: bool) {
+    fn pause(&self, paused: &mut Vec<i32>) {
         let Ok(assigned) = self.consumer.assignment() else {
             return;
         };
         if assigned.count() == 0 {
             return;
         }
-        let result = if pause {
-            self.consumer.pause(&assigned)
-        } else {
-            self.consumer.resume(&assigned)
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, pause, "pause/resume failed");
+        if let Err(e) = self.consumer.pause(&assigned) {
+            tracing::debug!(error = %e, "pause failed");
         }
+        for e in assigned.elements() {
+            if !paused.contains(&e.partition()) {
+                paused.push(e.partition());
+            }
+        }
+    }
+
+    /// Resumes every partition this source paused, assigned now or not: librdkafka keeps a
+    /// partition's pause across a rebalance, so one revoked while paused and assigned again
+    /// later would otherwise never be fetched.
+    fn resume(&self, paused: &mut Vec<i32>) {
+        let mut tpl = TopicPartitionList::new();
+        for &p in paused.iter() {
+            tpl.add_partition(&self.topic, p);
+        }
+        if let Ok(assigned) = self.consumer.assignment() {
+            for e in assigned.elements() {
+                if !paused.contains(&e.partition()) {
+                    tpl.add_partition(&self.topic, e.partition());
+                }
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.resume(&tpl)
+        {
+            tracing::debug!(error = %e, "resume failed");
+        }
+        paused.clear();
     }
 
     fn flush_metrics(&self, consumed: &mut u64, shaper: &Shaper) {

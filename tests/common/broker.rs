@@ -12,6 +12,8 @@ pub struct TestBroker {
     dir: tempfile::TempDir,
     pub port: u16,
     pub tls_port: Option<u16>,
+    /// Clients reach the broker through a plain TCP proxy on this port (see `cut`).
+    pub proxy_port: Option<u16>,
 }
 
 /// A port nothing listens on now.
@@ -30,14 +32,28 @@ impl TestBroker {
     /// Starts a broker; with `tls`, behind a TLS listener (throwaway CA); with `users`
     /// ("name:password:scram512"), requiring SASL/SCRAM.
     pub fn start(tls: bool, users: &[&str]) -> TestBroker {
+        Self::start_with(tls, users, false)
+    }
+
+    /// A broker that clients reach through a proxy: `cut` makes it unreachable while it
+    /// keeps running, `mend` reachable again.
+    pub fn start_proxied() -> TestBroker {
+        Self::start_with(false, &[], true)
+    }
+
+    fn start_with(tls: bool, users: &[&str], proxied: bool) -> TestBroker {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let tls_port = tls.then(free_port);
+        let proxy_port = proxied.then(free_port);
         let mut cmd = Command::new("bash");
         cmd.arg(script()).arg("start").arg(dir.path());
         cmd.env("PORT", port.to_string());
         if let Some(p) = tls_port {
             cmd.env("TLS_PORT", p.to_string());
+        }
+        if let Some(p) = proxy_port {
+            cmd.env("PROXY_PORT", p.to_string());
         }
         if !users.is_empty() {
             cmd.env("SASL_USERS", users.join(" "));
@@ -53,6 +69,7 @@ impl TestBroker {
             dir,
             port,
             tls_port,
+            proxy_port,
         }
     }
 
@@ -79,11 +96,21 @@ impl TestBroker {
         self.run("up");
     }
 
+    /// Makes the broker unreachable (its proxy stops; the broker keeps running).
+    pub fn cut(&self) {
+        self.run("cut");
+    }
+
+    pub fn mend(&self) {
+        self.run("mend");
+    }
+
     /// The bootstrap address clients use (the TLS listener when there is one).
     pub fn brokers(&self) -> String {
-        match self.tls_port {
-            Some(p) => format!("localhost:{p}"),
-            None => format!("127.0.0.1:{}", self.port),
+        match (self.tls_port, self.proxy_port) {
+            (Some(p), _) => format!("localhost:{p}"),
+            (None, Some(p)) => format!("127.0.0.1:{p}"),
+            (None, None) => format!("127.0.0.1:{}", self.port),
         }
     }
 
@@ -110,6 +137,16 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The broker's side of a failed test.
+            let log =
+                std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- tansu.log (last 40 lines, newest first) ---\n{}",
+                tail.join("\n")
+            );
+        }
         let _ = Command::new("bash")
             .arg(script())
             .arg("stop")
