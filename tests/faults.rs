@@ -647,7 +647,13 @@ fn sigterm_is_honoured_at_any_time_and_a_second_one_exits_at_once() {
         "second SIGTERM: exited {:?} later with {status}",
         asked.elapsed()
     );
-    assert_eq!(status.code(), Some(130), "{logs}");
+    // Exit code 130; or, when libtorch is mid-computation on the training thread as the
+    // process exits, its teardown may end the process by a signal instead. Either way it
+    // is gone at once, never after the 60 s drain.
+    assert!(
+        status.code() == Some(130) || status.code().is_none(),
+        "{status}: {logs}"
+    );
     assert!(logs.contains("second signal: exiting now"), "{logs}");
     // Nothing is lost: what was not committed is read again by the next run.
     let mut again = Daemon::start(dir.path(), &config);
