@@ -79,30 +79,29 @@ make_certs() {
     )
 }
 
-# A plain TCP forwarder on PROXY_PORT: stopping it makes the broker unreachable (refused
-# connections, open ones dropped) while the broker and its state stay as they are.
-start_proxy() {
-    setsid socat "TCP-LISTEN:$PROXY_PORT,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$PORT" \
-        >>"$DIR/socat.log" 2>&1 </dev/null &
-    echo $! >"$DIR/proxy.pid"
+# Starts socat listening with address $1 on port $2 (forwarding to the broker), its pid in
+# DIR/$3; waits until the port accepts connections.
+start_socat() {
+    local listen="$1" port="$2" pidfile="$3"
+    setsid socat "$listen" "TCP:127.0.0.1:$PORT" >>"$DIR/socat.log" 2>&1 </dev/null &
+    echo $! >"$DIR/$pidfile"
     for _ in $(seq 1 50); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PROXY_PORT") 2>/dev/null; then return 0; fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
         sleep 0.1
     done
-    echo "proxy did not start on $PROXY_PORT" >&2
+    echo "socat did not start listening on $port" >&2
     exit 1
 }
 
+# A plain TCP forwarder on PROXY_PORT: stopping it makes the broker unreachable (refused
+# connections, open ones dropped) while the broker and its state stay as they are.
+start_proxy() {
+    start_socat "TCP-LISTEN:$PROXY_PORT,bind=127.0.0.1,reuseaddr,fork" "$PROXY_PORT" proxy.pid
+}
+
 start_tls() {
-    setsid socat "OPENSSL-LISTEN:$TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$DIR/server.pem,verify=0" \
-        "TCP:127.0.0.1:$PORT" >>"$DIR/socat.log" 2>&1 </dev/null &
-    echo $! >"$DIR/socat.pid"
-    for _ in $(seq 1 50); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$TLS_PORT") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "TLS listener did not start on $TLS_PORT" >&2
-    exit 1
+    start_socat "OPENSSL-LISTEN:$TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$DIR/server.pem,verify=0" \
+        "$TLS_PORT" socat.pid
 }
 
 # The settings of this broker, saved at start for `up`.

@@ -17,6 +17,13 @@ pub mod verify;
 
 pub use detector::{Detector, Lineage, ModelMeta, ScoreOutput, TrainingStats};
 
+/// Hex SHA-256 of `bytes`: the digests of bundle files, and of dead-lettered payloads.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("libtorch: {0}")]

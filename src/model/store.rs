@@ -83,8 +83,7 @@ pub fn save(store: &Path, det: &Detector) -> Result<PathBuf, ModelError> {
     if let Some(src) = det.script_path() {
         let bytes = std::fs::read(src).map_err(io(src))?;
         write_synced(&tmp.join(MODULE), &bytes)?;
-        meta.files
-            .insert(MODULE.into(), crate::pipeline::output::sha256_hex(&bytes));
+        meta.files.insert(MODULE.into(), super::sha256_hex(&bytes));
     }
     let text = serde_json::to_vec_pretty(&meta).map_err(|source| ModelError::Meta {
         path: tmp.join(META),
@@ -143,7 +142,7 @@ fn publish_dir(store: &Path, tmp: &Path, dest: &Path) -> Result<(), ModelError> 
 /// Hex SHA-256 of a file.
 fn file_digest(path: &Path) -> Result<String, ModelError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    Ok(crate::pipeline::output::sha256_hex(&bytes))
+    Ok(super::sha256_hex(&bytes))
 }
 
 /// The version to serve: the one `CURRENT` names when it exists, else the newest.
@@ -450,7 +449,8 @@ impl Bundle {
     }
 }
 
-/// The current version (see [`current`]), if the store has any.
+/// The current version (see [`current`]), if the store has any, unchecked.
+#[cfg(test)]
 pub fn load_current(store: &Path, device: Device) -> Result<Option<Detector>, ModelError> {
     match current(store)? {
         Some(v) => load(store, v, device).map(Some),
@@ -643,7 +643,7 @@ mod tests {
         let with_weights = |version: u64, bytes: &[u8], digest: bool| {
             let mut out = with_meta(&good, version, &|m| {
                 if digest {
-                    m["files"][WEIGHTS] = crate::pipeline::output::sha256_hex(bytes).into();
+                    m["files"][WEIGHTS] = crate::model::sha256_hex(bytes).into();
                 }
             });
             out.files.insert(WEIGHTS.into(), b64(bytes));

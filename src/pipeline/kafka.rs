@@ -255,18 +255,6 @@ impl DeliveryContext {
     pub fn done(&self, pending: &Pending, output: Option<Output>) {
         pending.done_one(output, &self.tracker, &self.metrics);
     }
-
-    pub fn tracker(&self) -> &Arc<OffsetTracker> {
-        &self.tracker
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    pub fn dlq_topic(&self) -> &str {
-        &self.topics[Output::Dlq as usize]
-    }
 }
 
 impl ClientContext for DeliveryContext {

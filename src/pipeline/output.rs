@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::{Contribution, Meta, Scored, Timestamp};
+use crate::model::sha256_hex;
 
 #[derive(Debug, Serialize)]
 pub struct ScoreMessage<'a> {
@@ -94,13 +95,6 @@ fn prefix(bytes: &[u8], max: usize) -> (&[u8], bool) {
         Err(_) => max,
     };
     (&bytes[..cut], true)
-}
-
-/// Hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Standard base64 with padding (RFC 4648), for non-UTF-8 dead letters.

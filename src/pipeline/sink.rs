@@ -81,6 +81,11 @@ impl Retries {
         let (due, wait): (Vec<Retry>, Vec<Retry>) =
             self.queue.drain(..).partition(|r| r.due <= now);
         self.queue = wait.into();
+        if self.queue.is_empty() && due.is_empty() {
+            // Nothing is waiting to be tried again: forget the counts (a message that fails
+            // once more starts its backoff afresh), so the map cannot grow without bound.
+            self.attempts.clear();
+        }
         due.into_iter().map(|r| r.refused).collect()
     }
 }
@@ -118,9 +123,7 @@ impl Sink {
                 },
                 default(wait) => {}
             }
-            for r in retries.take_due() {
-                self.retry(r, &mut buf, &mut retries)?;
-            }
+            self.retry_due(&mut retries)?;
         }
         // Drain: the producer delivers what it holds; refusals are still dead-lettered.
         let deadline = Instant::now() + self.drain_timeout;
@@ -134,9 +137,7 @@ impl Sink {
             if let Ok(r) = refused.recv_timeout(Duration::from_millis(20)) {
                 self.handle(r, &mut buf, &mut retries)?;
             }
-            for r in retries.take_due() {
-                self.retry(r, &mut buf, &mut retries)?;
-            }
+            self.retry_due(&mut retries)?;
         }
         Ok(())
     }
@@ -368,14 +369,13 @@ impl Sink {
         result
     }
 
-    /// Produces a refused message again (its slot in the batch is still open).
-    fn retry(
-        &self,
-        r: Refused,
-        _buf: &mut Vec<u8>,
-        retries: &mut Retries,
-    ) -> Result<(), PipelineError> {
-        let key = r.key.as_deref();
-        self.produce(r.output, key, &r.payload, &r.pending, r.record, retries)
+    /// Produces the refused messages whose backoff is over again (their slots in their
+    /// batches are still open).
+    fn retry_due(&self, retries: &mut Retries) -> Result<(), PipelineError> {
+        for r in retries.take_due() {
+            let key = r.key.as_deref();
+            self.produce(r.output, key, &r.payload, &r.pending, r.record, retries)?;
+        }
+        Ok(())
     }
 }
