@@ -1,4 +1,10 @@
-"""anomalyd demo: stream a labelled NAB series through the daemon and report what it found.
+"""anomalyd demo: stream labelled data through the daemon, with its defaults, and report
+what it found.
+
+1. A NAB series (one metric every 5 minutes) in window mode: the defaults feed the anomaly
+   likelihood window discords (docs/quality.md's best on NAB).
+2. A SKAB experiment (8 sensors of a water pump at 1 Hz) in fields mode: the default
+   autoencoder scores each record, and each alert names the sensors that explain it.
 
 Run by scripts/demo.sh (which installs everything and starts the broker first).
 """
@@ -20,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests/fixtures/nab/art_daily_jumpsup.csv"
 LABELS = ROOT / "tests/fixtures/nab/labels.json"
 SERIES = "art_daily_jumpsup"
+SKAB = ROOT / "tests/fixtures/skab/other-4.csv"
+SKAB_NAME = "SKAB other/4 (a simulated fluid leak)"
 
 
 def metric(url, name):
@@ -44,24 +52,116 @@ def read_topic(brokers, topic):
     c.assign([TopicPartition(topic, 0, 0)])
     out = []
     while len(out) < high:
-        m = c.poll(1.0)
-        if m is not None and not m.error():
-            out.append(json.loads(m.value()))
+        out += [json.loads(m.value()) for m in c.consume(1000, 1.0) if not m.error()]
     c.close()
     return out
 
 
-def ranges(alerts):
-    """Groups consecutive alert timestamps (5-minute steps) into (first, last, count)."""
+def episodes(alerts, gap):
+    """Groups alerts whose offsets are at most `gap` apart: (first, last, alerts)."""
     groups = []
     for a in alerts:
-        ts = a["timestamp"]
-        if groups and a["offset"] - groups[-1][3] <= 3:
-            first, _, n, _ = groups[-1]
-            groups[-1] = (first, ts, n + 1, a["offset"])
+        if groups and a["offset"] - groups[-1][-1]["offset"] <= gap:
+            groups[-1].append(a)
         else:
-            groups.append((ts, ts, 1, a["offset"]))
-    return [(f, l, n) for f, l, n, _ in groups]
+            groups.append([a])
+    return groups
+
+
+def why(alert):
+    return ", ".join(f"{t['feature']} {t['share']:.0%}" for t in alert.get("top_features", []))
+
+
+def stream(args, run, name, records, config):
+    """Produces `records` (key, JSON object) to a fresh input topic, runs anomalyd on it with
+    `config` until every record is scored, stops it with SIGTERM, and returns its outputs."""
+    topics = {k: f"demo-{run}-{name}.{k}" for k in ("metrics", "scores", "alerts", "dlq")}
+    admin = AdminClient({"bootstrap.servers": args.brokers})
+    for f in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
+        f.result()
+    p = Producer({"bootstrap.servers": args.brokers, "linger.ms": 5})
+    for key, value in records:
+        p.produce(topics["metrics"], json.dumps(value).encode(), key=key)
+        p.poll(0)
+    p.flush(30)
+    env = dict(os.environ,
+               ANOMALYD__KAFKA__BROKERS=args.brokers,
+               ANOMALYD__KAFKA__GROUP_ID=f"demo-{run}-{name}",
+               ANOMALYD__KAFKA__INPUT_TOPIC=topics["metrics"],
+               ANOMALYD__KAFKA__SCORES_TOPIC=topics["scores"],
+               ANOMALYD__KAFKA__ALERTS_TOPIC=topics["alerts"],
+               ANOMALYD__KAFKA__DLQ_TOPIC=topics["dlq"],
+               ANOMALYD__HTTP__LISTEN=args.http)
+    log_path = ROOT / ".run" / f"demo-{run}-{name}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    url = f"http://{args.http}/metrics"
+    with log_path.open("w") as log:
+        daemon = subprocess.Popen([args.binary, "run", "--config", str(config)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        print(f"  anomalyd running (pid {daemon.pid}) on {topics['metrics']}, "
+              f"metrics at {url}, log {log_path}")
+        deadline = time.time() + 300
+        scored = 0
+        while scored < len(records):
+            if daemon.poll() is not None:
+                sys.exit(f"anomalyd exited with {daemon.returncode}; see {log_path}")
+            if time.time() > deadline:
+                daemon.terminate()
+                sys.exit(f"timed out; see {log_path}")
+            scored = int(metric(url, "anomalyd_records_scored_total") or 0)
+            time.sleep(0.5)
+        version = int(metric(url, "anomalyd_model_version") or 0)
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=60)
+    scores = read_topic(args.brokers, topics["scores"])
+    alerts = read_topic(args.brokers, topics["alerts"])
+    print(f"  {len(records)} records, {scored} scored, {len(scores)} score messages, "
+          f"{len(alerts)} alerts (model v{version}); anomalyd exited {code} on SIGTERM")
+    return scores, alerts, topics
+
+
+def nab_part(args, run):
+    print(f"1. NAB {SERIES}: one metric every 5 minutes, window mode (config/demo.toml)")
+    rows = list(csv.DictReader(FIXTURE.open()))
+    records = [(SERIES, {"series": SERIES, "timestamp": r["timestamp"], "value": float(r["value"])})
+               for r in rows]
+    scores, alerts, topics = stream(args, run, "nab", records, ROOT / "config/demo.toml")
+    windows = json.loads(LABELS.read_text())[f"artificialWithAnomaly/{SERIES}.csv"]
+    windows = [(s[:19], e[:19]) for s, e in windows]
+
+    def labelled(ts):
+        return any(s <= ts <= e for s, e in windows)
+
+    print("  labelled anomaly window: " + ", ".join(f"{s} .. {e}" for s, e in windows))
+    inside = sum(labelled(a["timestamp"]) for a in alerts)
+    print(f"  alerts: {inside} inside the labelled window, {len(alerts) - inside} outside")
+    for a in alerts:
+        mark = "LABELLED" if labelled(a["timestamp"]) else "outside "
+        print(f"    {mark} {a['timestamp']}  likelihood {a.get('likelihood', 0):.3f}  "
+              f"window positions that differ most: {why(a)}")
+    ok = inside > 0 and len(scores) == len(records)
+    return ok, topics
+
+
+def skab_part(args, run):
+    print(f"2. {SKAB_NAME}: 8 sensors at 1 Hz, fields mode (config/demo-skab.toml)")
+    with SKAB.open() as f:
+        rows = list(csv.DictReader(f, delimiter=";"))
+    features = [c for c in rows[0] if c not in ("datetime", "anomaly", "changepoint")]
+    records = [("pump", {"datetime": r["datetime"], **{c: float(r[c]) for c in features}})
+               for r in rows]
+    scores, alerts, _ = stream(args, run, "skab", records, ROOT / "config/demo-skab.toml")
+    anomalous = {r["datetime"] for r in rows if float(r["anomaly"]) == 1.0}
+    first = min(anomalous)
+    inside = sum(a["timestamp"] in anomalous for a in alerts)
+    print(f"  labelled fault: {len(anomalous)} records from {first}; "
+          f"alerts: {inside} during the fault, {len(alerts) - inside} outside it")
+    for group in episodes(alerts, 30):
+        a = group[0]
+        mark = "FAULT  " if a["timestamp"] in anomalous else "outside"
+        print(f"    {mark} {a['timestamp']} .. {group[-1]['timestamp']}  {len(group):4d} alerts; "
+              f"first explained by {why(a)}")
+    return inside > 0 and len(scores) == len(records)
 
 
 def main():
@@ -70,78 +170,16 @@ def main():
     ap.add_argument("--binary", default=str(ROOT / "target/release/anomalyd"))
     ap.add_argument("--http", default=os.environ.get("DEMO_HTTP", "127.0.0.1:9464"))
     args = ap.parse_args()
-
     run = time.strftime("%Y%m%d-%H%M%S")
-    topics = {k: f"demo-{run}.{k}" for k in ("metrics", "scores", "alerts", "dlq")}
-    admin = AdminClient({"bootstrap.servers": args.brokers})
-    for f in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
-        f.result()
-
-    rows = list(csv.DictReader(FIXTURE.open()))
-    p = Producer({"bootstrap.servers": args.brokers, "linger.ms": 5})
-    for r in rows:
-        value = {"series": SERIES, "timestamp": r["timestamp"], "value": float(r["value"])}
-        p.produce(topics["metrics"], json.dumps(value).encode(), key=SERIES)
-        p.poll(0)
-    p.flush(30)
-    print(f"produced {len(rows)} records of NAB {SERIES} to {topics['metrics']}")
-
-    env = dict(os.environ,
-               ANOMALYD__KAFKA__BROKERS=args.brokers,
-               ANOMALYD__KAFKA__GROUP_ID=f"demo-{run}",
-               ANOMALYD__KAFKA__INPUT_TOPIC=topics["metrics"],
-               ANOMALYD__KAFKA__SCORES_TOPIC=topics["scores"],
-               ANOMALYD__KAFKA__ALERTS_TOPIC=topics["alerts"],
-               ANOMALYD__KAFKA__DLQ_TOPIC=topics["dlq"],
-               ANOMALYD__HTTP__LISTEN=args.http)
-    log_path = ROOT / ".run" / f"demo-{run}.log"
-    log_path.parent.mkdir(exist_ok=True)
-    url = f"http://{args.http}/metrics"
-    with log_path.open("w") as log:
-        daemon = subprocess.Popen([args.binary, "run", "--config", str(ROOT / "config/demo.toml")],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-        print(f"anomalyd running (pid {daemon.pid}), metrics at {url}, log {log_path}")
-        deadline = time.time() + 300
-        scored = 0
-        while scored < len(rows):
-            if daemon.poll() is not None:
-                sys.exit(f"anomalyd exited with {daemon.returncode}; see {log_path}")
-            if time.time() > deadline:
-                daemon.terminate()
-                sys.exit(f"timed out; see {log_path}")
-            scored = int(metric(url, "anomalyd_records_scored_total") or 0)
-            time.sleep(0.5)
-        consumed = int(metric(url, "anomalyd_records_consumed_total") or 0)
-        threshold = metric(url, "anomalyd_threshold")
-        version = int(metric(url, "anomalyd_model_version") or 0)
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=60)
-
-    scores = read_topic(args.brokers, topics["scores"])
-    alerts = read_topic(args.brokers, topics["alerts"])
-    windows = json.loads(LABELS.read_text())[f"artificialWithAnomaly/{SERIES}.csv"]
-    windows = [(s[:19], e[:19]) for s, e in windows]
-
-    def labelled(ts):
-        return any(s <= ts <= e for s, e in windows)
-
+    started = time.time()
+    nab_ok, topics = nab_part(args, run)
     print()
-    print(f"records consumed {consumed}, scored {scored}, score messages {len(scores)} "
-          f"(model v{version}, threshold {threshold:.4f}); anomalyd exited {code} on SIGTERM")
-    print(f"labelled anomaly window(s): " + ", ".join(f"{s} .. {e}" for s, e in windows))
-    inside = sum(labelled(a["timestamp"]) for a in alerts)
-    print(f"alerts: {len(alerts)} ({inside} inside a labelled window, {len(alerts) - inside} outside)")
-    for first, last, n in ranges(alerts):
-        mark = "LABELLED" if labelled(first) or labelled(last) else "        "
-        top = next(a for a in alerts if a["timestamp"] == first)["top_features"][0]
-        print(f"  {mark} {first} .. {last}  {n:4d} alerts  top feature {top['feature']} "
-              f"({top['share']:.0%} of the error)")
+    skab_ok = skab_part(args, run)
     print()
-    print(f"outputs: topics {topics['scores']}, {topics['alerts']}, {topics['dlq']} "
-          f"on {args.brokers}")
-    print(f"metrics were served at {url} while it ran; run it yourself with:")
-    print(f"  target/release/anomalyd run --config config/demo.toml")
-    return 0 if inside > 0 and len(scores) == len(rows) else 1
+    print(f"done in {time.time() - started:.0f} s. Outputs of part 1: topics {topics['scores']}, "
+          f"{topics['alerts']}, {topics['dlq']} on {args.brokers}")
+    print("run it yourself with: target/release/anomalyd run --config config/demo.toml")
+    return 0 if nab_ok and skab_ok else 1
 
 
 if __name__ == "__main__":

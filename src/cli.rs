@@ -93,6 +93,13 @@ pub struct EvalArgs {
     /// Per-record labels from this column or field (1/true/anomaly/outlier = anomaly).
     #[arg(long)]
     pub label_column: Option<String>,
+    /// Score externally produced per-record scores with the NAB scorer instead of
+    /// training a model: a CSV with the header `series,timestamp,score`, `series` being
+    /// an input's NAB key (e.g. realKnownCause/nyc_taxi.csv). Records without a score
+    /// score 0. Used for the daemon's own output (scripts/nab-stream.sh) and other
+    /// detectors' scores (scripts/quality.sh).
+    #[arg(long, requires = "labels", conflicts_with_all = ["train", "plot", "label_column"])]
+    pub scores: Option<PathBuf>,
     /// Folder for one PNG plot per input.
     #[arg(long)]
     pub plot: Option<PathBuf>,

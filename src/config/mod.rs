@@ -118,6 +118,7 @@ mod tests {
         raw.input.mode = InputMode::Window;
         raw.input.features = vec!["value".into()];
         raw.threshold.kind = raw::ThresholdKind::Likelihood;
+        raw.threshold.likelihood.input = raw::LikelihoodInput::Score;
         let s = Settings::validate(raw).expect("valid");
         let ThresholdSpec::Likelihood { params, .. } = s.threshold else {
             panic!("{:?}", s.threshold);
@@ -125,6 +126,44 @@ mod tests {
         assert_eq!(
             params,
             crate::model::likelihood::LikelihoodParams::default()
+        );
+    }
+
+    /// A user who names only the input gets docs/quality.md's best for its mode.
+    #[test]
+    fn auto_threshold_is_the_measured_best_per_input_mode() {
+        let mut raw = load_raw(None).expect("defaults load");
+        raw.input.mode = InputMode::Window;
+        raw.input.features = vec!["value".into()];
+        let s = Settings::validate(raw.clone()).expect("valid");
+        let ThresholdSpec::Likelihood { params, .. } = s.threshold else {
+            panic!("window mode: {:?}", s.threshold);
+        };
+        assert_eq!(
+            params.discord,
+            Some(DiscordParams {
+                memory: 2000,
+                segment: 2
+            })
+        );
+        assert_eq!(params.refractory, 100);
+        let InputShape::Window { size, .. } = s.input.shape else {
+            panic!("{:?}", s.input.shape);
+        };
+        assert_eq!(size, 32);
+
+        raw.threshold.likelihood.input = raw::LikelihoodInput::Score;
+        let s = Settings::validate(raw.clone()).expect("valid");
+        let ThresholdSpec::Likelihood { params, .. } = s.threshold else {
+            panic!("{:?}", s.threshold);
+        };
+        assert_eq!(params.discord, None, "an explicit input is kept");
+
+        let fields = Settings::validate(load_raw(None).expect("defaults load")).expect("valid");
+        assert!(
+            matches!(fields.threshold, ThresholdSpec::Quantile { .. }),
+            "fields mode: {:?}",
+            fields.threshold
         );
     }
 
@@ -209,10 +248,10 @@ mod tests {
             params.discord,
             Some(DiscordParams {
                 memory: 500,
-                segment: 1
+                segment: 2
             })
         );
-        assert_eq!(params.refractory, 1, "nupic's filter by default");
+        assert_eq!(params.refractory, 100, "one alert per episode by default");
 
         std::fs::write(&path, lik).expect("write");
         let err = load(Some(&path)).expect_err("fields mode").to_string();

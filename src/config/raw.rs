@@ -236,6 +236,14 @@ pub struct VaeParams {
     /// Absent in bundles written before the option existed.
     #[serde(default)]
     pub score: VaeScore,
+    /// The decoder's smallest standard deviation, in scaled units. Absent in bundles
+    /// written before the option existed, which were trained with e^-4.
+    #[serde(default = "vae_min_std_before_the_option")]
+    pub min_std: f64,
+}
+
+fn vae_min_std_before_the_option() -> f64 {
+    (-4.0f64).exp()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -306,6 +314,8 @@ pub struct RawLikelihood {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LikelihoodInput {
+    /// The input mode's measured best: `discord` in window mode, else `score`.
+    Auto,
     /// The model's score, in its calibrated units.
     Score,
     /// The key's window discord distance (window mode).
@@ -315,6 +325,9 @@ pub enum LikelihoodInput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ThresholdKind {
+    /// The input mode's measured best: `likelihood` in window mode (fed discords, see
+    /// [`LikelihoodInput::Auto`]), else `quantile`.
+    Auto,
     Quantile,
     Spot,
     Dspot,

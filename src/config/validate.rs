@@ -439,6 +439,15 @@ impl Settings {
             samples: positive("model.vae.samples", m.vae.samples)?,
             beta: non_negative("model.vae.beta", m.vae.beta)?,
             score: m.vae.score,
+            min_std: match m.vae.min_std {
+                v if v.is_finite() && v > 0.0 => v,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "model.vae.min_std",
+                        "must be a positive number",
+                    ));
+                }
+            },
         };
         let c = m.concrete;
         if !(c.end_temperature > 0.0 && c.end_temperature <= c.start_temperature) {
@@ -513,15 +522,26 @@ impl Settings {
         };
 
         let t = raw.threshold;
-        let threshold = match t.kind {
-            ThresholdKind::Quantile => ThresholdSpec::Quantile {
-                quantile: in_unit("threshold.quantile", t.quantile)?,
-            },
-            ThresholdKind::Spot => ThresholdSpec::Spot {
+        let window_mode = matches!(input.shape, InputShape::Window { .. });
+        // `auto` resolves to what docs/quality.md measured best for the input mode: on
+        // univariate series (window mode) the likelihood fed window discords, on records
+        // of fields the model's score against a quantile threshold.
+        let fed_discords = match t.likelihood.input {
+            LikelihoodInput::Auto => window_mode,
+            LikelihoodInput::Discord => true,
+            LikelihoodInput::Score => false,
+        };
+        let threshold = match (t.kind, window_mode) {
+            (ThresholdKind::Quantile, _) | (ThresholdKind::Auto, false) => {
+                ThresholdSpec::Quantile {
+                    quantile: in_unit("threshold.quantile", t.quantile)?,
+                }
+            }
+            (ThresholdKind::Spot, _) => ThresholdSpec::Spot {
                 risk: in_unit("threshold.risk", t.risk)?,
                 init_level: in_unit("threshold.init_level", t.init_level)?,
             },
-            ThresholdKind::Likelihood => {
+            (ThresholdKind::Likelihood, _) | (ThresholdKind::Auto, true) => {
                 let l = &t.likelihood;
                 let tol = non_negative(
                     "threshold.likelihood.spatial_tolerance",
@@ -545,9 +565,9 @@ impl Settings {
                             } if tol > 0.0 => Some(tol),
                             _ => None,
                         },
-                        discord: match (l.input, &input.shape) {
-                            (LikelihoodInput::Score, _) => None,
-                            (LikelihoodInput::Discord, InputShape::Window { size, .. }) => {
+                        discord: match (fed_discords, &input.shape) {
+                            (false, _) => None,
+                            (true, InputShape::Window { size, .. }) => {
                                 let segment = positive("threshold.likelihood.segment", l.segment)?;
                                 if segment > *size {
                                     return Err(ConfigError::invalid(
@@ -563,7 +583,7 @@ impl Settings {
                                     segment,
                                 })
                             }
-                            (LikelihoodInput::Discord, _) => {
+                            (true, _) => {
                                 return Err(ConfigError::invalid(
                                     "threshold.likelihood.input",
                                     "\"discord\" compares a key's windows: it needs \
@@ -575,7 +595,7 @@ impl Settings {
                     max_keys: positive("threshold.likelihood.max_keys", l.max_keys)?,
                 }
             }
-            ThresholdKind::Dspot => ThresholdSpec::Dspot {
+            (ThresholdKind::Dspot, _) => ThresholdSpec::Dspot {
                 risk: in_unit("threshold.risk", t.risk)?,
                 init_level: in_unit("threshold.init_level", t.init_level)?,
                 depth: positive("threshold.depth", t.depth)?,

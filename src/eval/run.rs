@@ -1,13 +1,14 @@
 //! `anomalyd train` and `anomalyd eval`: the same decode, window and model code as the
 //! daemon, over files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::metrics::{auprc, auroc, best_f1};
-use super::nab::{self, LabelWindows, Profile};
+use super::nab::{self, LabelWindows, NabTimestamp, Profile};
 use super::plot::{PlotData, write_png};
 use crate::cli::{EvalArgs, InputFormat, TrainArgs};
 use crate::config::{Settings, ThresholdSpec};
@@ -187,11 +188,14 @@ fn nab_key(path: &Path, windows: &LabelWindows) -> String {
 }
 
 pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
-    let device = select_device(settings)?;
     let windows = match &args.labels {
         Some(p) => Some(LabelWindows::read(p).map_err(|e| other(format!("{}: {e}", p.display())))?),
         None => None,
     };
+    if let (Some(scores), Some(windows)) = (&args.scores, &windows) {
+        return eval_scores(args, scores, windows);
+    }
+    let device = select_device(settings)?;
     let train_file = match &args.train {
         Some(p) => Some(load(settings, p, args.format, None)?),
         None => None,
@@ -418,6 +422,83 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
     Ok(())
 }
 
+/// One externally scored record: a row of `eval --scores`'s CSV.
+#[derive(Debug, serde::Deserialize)]
+struct ScoreRow {
+    series: String,
+    timestamp: String,
+    score: f64,
+}
+
+/// Per-record scores from a `series,timestamp,score` CSV, by NAB key and timestamp.
+fn read_scores(path: &Path) -> Result<HashMap<String, HashMap<NabTimestamp, f64>>, AppError> {
+    let at = |e: &dyn std::fmt::Display| other(format!("{}: {e}", path.display()));
+    let mut out: HashMap<String, HashMap<NabTimestamp, f64>> = HashMap::new();
+    for row in csv::Reader::from_path(path)
+        .map_err(|e| at(&e))?
+        .deserialize()
+    {
+        let row: ScoreRow = row.map_err(|e| at(&e))?;
+        let ts = row.timestamp.parse().map_err(|e| at(&e))?;
+        out.entry(row.series).or_default().insert(ts, row.score);
+    }
+    Ok(out)
+}
+
+/// `eval --scores`: NAB scores of externally produced per-record scores, matched to each
+/// input's records by NAB key and timestamp.
+fn eval_scores(args: &EvalArgs, path: &Path, windows: &LabelWindows) -> Result<(), AppError> {
+    let mut scores = read_scores(path)?;
+    let mut corpus = Vec::with_capacity(args.input.len());
+    let (mut rows, mut unscored) = (0usize, 0usize);
+    for input in &args.input {
+        let key = nab_key(input, windows);
+        let table =
+            nab::DataFile::read(input).map_err(|e| other(format!("{}: {e}", input.display())))?;
+        let given = scores.remove(&key).unwrap_or_default();
+        let series_scores: Vec<f64> = table
+            .timestamps
+            .iter()
+            .map(|t| given.get(t).copied())
+            .inspect(|s| unscored += usize::from(s.is_none()))
+            .map(|s| s.unwrap_or(0.0))
+            .collect();
+        rows += series_scores.len();
+        corpus.push(
+            windows
+                .series(&key, &table, series_scores)
+                .map_err(|e| other(format!("{key}: {e}")))?,
+        );
+    }
+    let score = |p: Profile| {
+        nab::corpus_score(&corpus, &p)
+            .map(|r| r.normalized_score)
+            .map_err(|e| other(e.to_string()))
+    };
+    let nab = NabReport {
+        files: corpus.len(),
+        standard: score(Profile::standard())?,
+        reward_low_fp: score(Profile::reward_low_fp())?,
+        reward_low_fn: score(Profile::reward_low_fn())?,
+    };
+    println!(
+        "{} series, {rows} records, {unscored} without a score (scored 0); \
+         scores of series not among the inputs: {}",
+        nab.files,
+        scores.len()
+    );
+    print_nab(&nab);
+    if let Some(p) = &args.report {
+        std::fs::write(
+            p,
+            // The shape of `eval`'s report, NAB part only.
+            serde_json::to_vec_pretty(&serde_json::json!({ "nab": nab }))
+                .map_err(std::io::Error::other)?,
+        )?;
+    }
+    Ok(())
+}
+
 /// Runs of consecutive anomalous labels as inclusive index ranges.
 fn runs(labels: &[Option<bool>]) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
@@ -469,9 +550,13 @@ fn print_report(r: &EvalReport) {
         println!("skipped {}: {}", f.file, f.reason);
     }
     if let Some(n) = &r.nab {
-        println!(
-            "NAB score over {} file(s): standard {:.1}, reward_low_fp {:.1}, reward_low_fn {:.1}",
-            n.files, n.standard, n.reward_low_fp, n.reward_low_fn
-        );
+        print_nab(n);
     }
+}
+
+fn print_nab(n: &NabReport) {
+    println!(
+        "NAB score over {} file(s): standard {:.1}, reward_low_fp {:.1}, reward_low_fn {:.1}",
+        n.files, n.standard, n.reward_low_fp, n.reward_low_fn
+    );
 }

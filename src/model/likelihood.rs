@@ -31,7 +31,7 @@
 //! 5. **Red-run filter.** A record is *red* when its unfiltered `q ≤ red`. If record `t`
 //!    is red and so was one of the `refractory` records before it (`t − t_red ≤
 //!    refractory`, with `t_red` the last red record), then `q' = yellow`; otherwise
-//!    `q' = q`. With the default `refractory = 1` this is nupic's filter: a run of red
+//!    `q' = q`. With `refractory = 1` this is nupic's filter: a run of red
 //!    records reports only its first record as red. A longer `refractory` also folds reds
 //!    a few quiet records apart into one alert: an episode ends after `refractory`
 //!    records without a red. `0` turns the filter off.
@@ -160,7 +160,7 @@ impl Default for LikelihoodParams {
             red: 1e-5,
             yellow: 1e-3,
             spatial_tolerance: Some(0.05),
-            refractory: 1,
+            refractory: 100,
             discord: None,
         }
     }

@@ -158,6 +158,8 @@ pub struct Vae {
     eps: Tensor,
     /// beta when the score is the negative ELBO, else None.
     kl_weight: Option<f64>,
+    /// The decoder's log-variance floor, 2 ln(`model.vae.min_std`).
+    min_out_logvar: f64,
 }
 
 const LOGVAR_RANGE: (f64, f64) = (-8.0, 8.0);
@@ -188,6 +190,7 @@ impl Vae {
             out_logvar: nn::linear(p / "out_logvar", dec_out, dim, Default::default()),
             eps,
             kl_weight: (spec.vae.score == VaeScore::Elbo).then_some(spec.vae.beta),
+            min_out_logvar: (2.0 * spec.vae.min_std.ln()).clamp(LOGVAR_RANGE.0, LOGVAR_RANGE.1),
         }
     }
 
@@ -203,10 +206,12 @@ impl Vae {
 
     fn decode(&self, z: &Tensor) -> (Tensor, Tensor) {
         let h = self.decoder.forward(z);
+        // A feature (nearly) constant in training would otherwise get a vanishing
+        // variance, and any later deviation in it an unbounded score that drowns the rest.
         let lv = self
             .out_logvar
             .forward(&h)
-            .clamp(LOGVAR_RANGE.0, LOGVAR_RANGE.1);
+            .clamp(self.min_out_logvar, LOGVAR_RANGE.1);
         (self.out_mu.forward(&h), lv)
     }
 
