@@ -492,6 +492,45 @@ pub(crate) mod tests {
         }
     }
 
+    /// A feature constant in training must not get a vanishing decoder variance: a later
+    /// deviation in it would then score without bound and drown every other feature.
+    #[test]
+    fn vae_decoder_variance_is_floored_at_min_std() {
+        let constant_last = |rows: Vec<f32>| -> Vec<f32> {
+            rows.chunks(8)
+                .flat_map(|r| r[..7].iter().copied().chain([0.0]))
+                .collect()
+        };
+        let train = constant_last(normal_rows(500, 0));
+        let mut probe = constant_last(normal_rows(1, 600));
+        probe[7] = 1.0; // scale 1: a constant feature keeps unit scale
+        let last_term = |min_std: f64| {
+            let mut spec = spec_for(ModelKind::Vae);
+            spec.epochs = 400;
+            spec.vae.min_std = min_std;
+            tch::set_num_threads(1);
+            let det = Detector::train(
+                &train,
+                features(),
+                &spec,
+                ThresholdSpec::Quantile { quantile: 0.99 },
+                1,
+                Device::Cpu,
+            )
+            .expect("train");
+            det.score(&probe).expect("score").feature_errors[7]
+        };
+        // resid / 2 = (x - mu)^2 / (2 sigma^2): at most (1 + 0.1)^2 / (2 * 0.1^2) with the
+        // floor (the mean of a constant feature within 0.1 of it).
+        let floored = last_term(0.1);
+        assert!(floored <= 60.5, "floored term {floored}");
+        let unfloored = last_term((-4.0f64).exp());
+        assert!(
+            unfloored > 4.0 * floored,
+            "without the floor the variance collapses: {unfloored} vs {floored}"
+        );
+    }
+
     #[test]
     fn concrete_reports_its_selected_features() {
         let det = train_kind(ModelKind::Concrete);
