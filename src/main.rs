@@ -20,7 +20,13 @@ fn main() -> ExitCode {
     if let Command::CheckConfig = cli.command {
         return match config::load_raw(path).and_then(|raw| {
             let text = config::render_masked(&raw);
-            config::Settings::validate(raw).map(|_| text)
+            config::Settings::validate(raw).map(|s| {
+                format!(
+                    "{text}\n# resolved: model.kind = {}, alerts decided by: {}\n",
+                    s.model.kind.as_str(),
+                    s.threshold.summary()
+                )
+            })
         }) {
             Ok(text) => {
                 print!("{text}");

@@ -140,6 +140,29 @@ fn check_config_prints_effective_config_with_secrets_masked() {
     assert!(text.contains("SASL_SSL"));
     assert!(!text.contains("hunter2"), "secret leaked: {text}");
     assert!(text.contains("*****"));
+    assert!(
+        text.contains("# resolved: model.kind = vae, alerts decided by: quantile 0.995"),
+        "fields mode resolves `auto` to the quantile threshold: {text}"
+    );
+}
+
+#[test]
+fn check_config_shows_what_auto_resolves_to_in_window_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[input]\nmode = \"window\"\nfeatures = [\"latency\"]\nkey_field = \"host\"\n",
+    );
+    let out = anomalyd(&["check-config", "--config", &cfg], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains(
+            "alerts decided by: likelihood fed window discords (memory 2000, segment 2, \
+             refractory 100)"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

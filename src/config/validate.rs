@@ -231,6 +231,29 @@ pub enum ThresholdSpec {
     },
 }
 
+impl ThresholdSpec {
+    /// What decides alerts, in a line (`check-config` shows what `auto` resolved to).
+    pub fn summary(&self) -> String {
+        match self {
+            ThresholdSpec::Quantile { quantile } => format!("quantile {quantile}"),
+            ThresholdSpec::Spot { risk, .. } => format!("spot, risk {risk}"),
+            ThresholdSpec::Dspot { risk, depth, .. } => {
+                format!("dspot, risk {risk}, depth {depth}")
+            }
+            ThresholdSpec::Likelihood { params, .. } => match params.discord {
+                Some(d) => format!(
+                    "likelihood fed window discords (memory {}, segment {}, refractory {})",
+                    d.memory, d.segment, params.refractory
+                ),
+                None => format!(
+                    "likelihood fed the model's score (refractory {})",
+                    params.refractory
+                ),
+            },
+        }
+    }
+}
+
 fn in_unit(key: &'static str, v: f64) -> Result<f64, ConfigError> {
     if v > 0.0 && v < 1.0 {
         Ok(v)
