@@ -469,3 +469,58 @@ fn eval_skips_a_file_it_cannot_train_on_and_reports_the_rest() {
         stderr(&out)
     );
 }
+
+/// `eval --scores`: externally produced scores go through the same NAB scorer: a detector
+/// that fires once at the start of the labelled window is near perfect, one that never
+/// fires is the null detector (0), and a record without a score counts as 0.
+#[test]
+fn eval_scores_external_per_record_scores_with_the_nab_scorer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = common::nab_rows();
+    let (start, _) = common::nab_windows()[0].clone();
+    let nab = |name: &str, score: &dyn Fn(&str) -> Option<f64>| {
+        let path = dir.path().join(format!("{name}.csv"));
+        let mut text = String::from("series,timestamp,score\n");
+        for (ts, _) in &rows {
+            if let Some(s) = score(ts) {
+                text += &format!("artificialWithAnomaly/art_daily_jumpsup.csv,{ts},{s}\n");
+            }
+        }
+        std::fs::write(&path, text).expect("write");
+        let report = dir.path().join(format!("{name}.json"));
+        let out = anomalyd(
+            &[
+                "eval",
+                "--input",
+                &common::fixture("nab/art_daily_jumpsup.csv")
+                    .display()
+                    .to_string(),
+                "--labels",
+                &common::fixture("nab/labels.json").display().to_string(),
+                "--scores",
+                &path.display().to_string(),
+                "--report",
+                &report.display().to_string(),
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+        (v["nab"]["standard"].as_f64().expect("standard"), out)
+    };
+    let (hit, _) = nab("hit", &|ts| Some(if ts == start { 1.0 } else { 0.0 }));
+    assert!(hit > 95.0, "one alert at the window's start: {hit}");
+    let (silent, _) = nab("silent", &|_| Some(0.0));
+    assert!(
+        silent.abs() < 1e-9,
+        "never firing is the null detector: {silent}"
+    );
+    let (partial, out) = nab("partial", &|ts| (ts == start).then_some(1.0));
+    assert!((partial - hit).abs() < 1e-9, "unscored records count as 0");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{} without a score", rows.len() - 1)),
+        "{text}"
+    );
+}
