@@ -158,9 +158,10 @@ def skab_part(args, run):
           f"alerts: {inside} during the fault, {len(alerts) - inside} outside it")
     for group in episodes(alerts, 30):
         a = group[0]
-        mark = "FAULT  " if a["timestamp"] in anomalous else "outside"
-        print(f"    {mark} {a['timestamp']} .. {group[-1]['timestamp']}  {len(group):4d} alerts; "
-              f"first explained by {why(a)}")
+        during = sum(g["timestamp"] in anomalous for g in group)
+        mark = "FAULT  " if 2 * during > len(group) else "outside"
+        print(f"    {mark} {a['timestamp']} .. {group[-1]['timestamp']}  {len(group):4d} alerts "
+              f"({during} during the fault); first explained by {why(a)}")
     return inside > 0 and len(scores) == len(records)
 
 

@@ -102,6 +102,7 @@ pub struct RawModel {
     pub activation: Activation,
     pub warmup_records: usize,
     pub epochs: usize,
+    pub min_steps: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
     pub seed: i64,

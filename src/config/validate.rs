@@ -175,6 +175,10 @@ pub struct ModelSpec {
     pub activation: Activation,
     pub warmup_records: usize,
     pub epochs: usize,
+    /// At least this many minibatch steps: small training sets get more epochs. Absent
+    /// (0) in bundles written before the option existed.
+    #[serde(default)]
+    pub min_steps: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
     pub seed: i64,
@@ -191,6 +195,13 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// Epochs over `records` training records: `epochs`, or more when that many would
+    /// take fewer than `min_steps` minibatch steps.
+    pub fn epochs_for(&self, records: usize) -> usize {
+        let per_epoch = records.div_ceil(self.batch_size.max(1)).max(1);
+        self.epochs.max(self.min_steps.div_ceil(per_epoch))
+    }
+
     /// The code (latent) size: the last hidden layer.
     pub fn bottleneck(&self) -> i64 {
         self.hidden.last().copied().unwrap_or(1)
@@ -512,6 +523,7 @@ impl Settings {
             activation: m.activation,
             warmup_records: positive("model.warmup_records", m.warmup_records)?,
             epochs: positive("model.epochs", m.epochs)?,
+            min_steps: m.min_steps,
             batch_size: positive("model.batch_size", m.batch_size)?,
             learning_rate: m.learning_rate,
             seed: m.seed,

@@ -224,9 +224,11 @@ impl Detector {
         let bounds = (xs.amin(0, true), xs.amax(0, true));
         let mut opt = nn::Adam::default().build(&self.vs, spec.learning_rate)?;
         let bs = (spec.batch_size as i64).min(n);
+        let epochs = spec.epochs_for(n as usize);
+        self.meta.training.epochs = epochs;
         let mut last = f64::NAN;
-        for epoch in 0..spec.epochs {
-            self.net.anneal(spec, epoch, spec.epochs);
+        for epoch in 0..epochs {
+            self.net.anneal(spec, epoch, epochs);
             let perm = Tensor::randperm(n, (Kind::Int64, device));
             let (mut total, mut steps, mut start) = (0.0, 0, 0);
             while start < n {
