@@ -129,6 +129,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn min_steps_gives_a_small_training_set_more_epochs() {
+        let mut spec = Settings::validate(load_raw(None).expect("defaults"))
+            .expect("valid")
+            .model;
+        assert_eq!((spec.epochs, spec.batch_size, spec.min_steps), (60, 128, 0));
+        assert_eq!(spec.epochs_for(460), 60, "min_steps 0: epochs as set");
+        spec.min_steps = 1000;
+        assert_eq!(spec.epochs_for(460), 250, "4 batches an epoch: 250 epochs");
+        assert_eq!(spec.epochs_for(100_000), 60, "782 batches an epoch: epochs suffice");
+    }
+
     /// A user who names only the input gets docs/quality.md's best for its mode.
     #[test]
     fn auto_threshold_is_the_measured_best_per_input_mode() {
