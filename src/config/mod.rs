@@ -138,7 +138,11 @@ mod tests {
         assert_eq!(spec.epochs_for(460), 60, "min_steps 0: epochs as set");
         spec.min_steps = 1000;
         assert_eq!(spec.epochs_for(460), 250, "4 batches an epoch: 250 epochs");
-        assert_eq!(spec.epochs_for(100_000), 60, "782 batches an epoch: epochs suffice");
+        assert_eq!(
+            spec.epochs_for(100_000),
+            60,
+            "782 batches an epoch: epochs suffice"
+        );
     }
 
     /// A user who names only the input gets docs/quality.md's best for its mode.
