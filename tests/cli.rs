@@ -193,7 +193,7 @@ fn offline_scores_are_reproducible_for_a_seed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(
         dir.path(),
-        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\n[model]\nwarmup_records = 800\nepochs = 10\nthreads = 1\n",
+        "[input]\nmode = \"window\"\nfeatures = [\"value\"]\n[model]\nwarmup_records = 800\nepochs = 10\nmin_steps = 0\nthreads = 1\n",
     );
     let input = common::fixture("nab/art_daily_jumpsup.csv");
     let run = || {
@@ -222,7 +222,7 @@ fn offline_score_reports_undecodable_lines_and_scores_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(
         dir.path(),
-        "[model]\nwarmup_records = 50\nepochs = 5\nthreads = 1\n",
+        "[model]\nwarmup_records = 50\nepochs = 5\nmin_steps = 0\nthreads = 1\n",
     );
     let mut input = String::new();
     for i in 0..100 {
@@ -269,7 +269,7 @@ fn eval_reports_quality_nab_score_and_plot_and_train_saves_a_bundle() {
     let cfg = write_config(
         dir.path(),
         "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
-         [model]\nepochs = 20\nthreads = 1\n",
+         [model]\nepochs = 20\nmin_steps = 0\nthreads = 1\n",
     );
     let input = common::fixture("nab/art_daily_jumpsup.csv");
     let labels = common::fixture("nab/labels.json");
@@ -333,7 +333,7 @@ fn likelihood_threshold_alerts_once_per_anomaly_after_each_keys_warmup() {
             &format!(
                 "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
                  [input.window]\nsize = 16\n\
-                 [model]\nwarmup_records = 600\nepochs = 20\nthreads = 1\n\
+                 [model]\nwarmup_records = 600\nepochs = 20\nmin_steps = 0\nthreads = 1\n\
                  [threshold]\nkind = \"likelihood\"\n[threshold.likelihood]\nwarmup = 600\n{input}"
             ),
         );
@@ -402,7 +402,7 @@ fn eval_with_the_discord_input_finds_the_jump() {
     let cfg = write_config(
         dir.path(),
         "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
-         [input.window]\nsize = 16\n[model]\nepochs = 5\nthreads = 1\n\
+         [input.window]\nsize = 16\n[model]\nepochs = 5\nmin_steps = 0\nthreads = 1\n\
          [threshold]\nkind = \"likelihood\"\n\
          [threshold.likelihood]\ninput = \"discord\"\nspatial_tolerance = 0.0\n",
     );
@@ -428,7 +428,7 @@ fn eval_skips_a_file_it_cannot_train_on_and_reports_the_rest() {
     let cfg = write_config(
         dir.path(),
         "[input]\nmode = \"window\"\nfeatures = [\"value\"]\ntimestamp_field = \"timestamp\"\n\
-         [model]\nepochs = 5\nthreads = 1\n[threshold]\nkind = \"spot\"\n",
+         [model]\nepochs = 5\nmin_steps = 0\nthreads = 1\n[threshold]\nkind = \"spot\"\n",
     );
     // A flat series: every training score is the same, so SPOT finds no tail to fit.
     let flat = dir.path().join("flat.csv");

@@ -17,7 +17,7 @@ const PARTITIONS: i32 = 4;
 fn config(t: &Topics, role: &str, store: &Path, model_topic: &str) -> String {
     format!(
         "{}[input]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\n\
-         [model]\nwarmup_records = 500\nepochs = 20\nthreads = 1\nactivation = \"tanh\"\n\
+         [model]\nwarmup_records = 500\nepochs = 20\nmin_steps = 0\nthreads = 1\nactivation = \"tanh\"\n\
          store_dir = \"{}\"\n\
          [retrain]\ninterval = \"0s\"\nevery_records = 1500\nmin_records = 500\nwindow = 3000\n\
          tolerance = 1.0\nmax_threshold_ratio = 100.0\n\

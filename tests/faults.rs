@@ -21,7 +21,7 @@ fn spread(from: usize, to: usize, partitions: i32) -> Vec<(i32, Option<String>, 
 fn model_toml(store: &std::path::Path, extra: &str) -> String {
     format!(
         "[input]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\n\
-         [model]\nwarmup_records = 300\nepochs = 5\nthreads = 1\nstore_dir = {:?}\n{extra}",
+         [model]\nwarmup_records = 300\nepochs = 5\nmin_steps = 0\nthreads = 1\nstore_dir = {:?}\n{extra}",
         store.display()
     )
 }
@@ -470,7 +470,7 @@ fn malformed_corpus_is_scored_or_dead_lettered_and_the_partition_advances() {
 
     let config = format!(
         "{}[input]\nfeatures = [\"cpu\", \"mem\"]\nkey_field = \"host\"\ntimestamp_field = \"ts\"\n\
-         [model]\nwarmup_records = 300\nepochs = 5\nthreads = 1\n",
+         [model]\nwarmup_records = 300\nepochs = 5\nmin_steps = 0\nthreads = 1\n",
         t.kafka_toml()
     );
     let mut daemon = Daemon::start(dir.path(), &config);
@@ -555,7 +555,7 @@ fn missing_dlq_topic_is_named_and_refused_outputs_never_stop_the_partition() {
     let config = format!(
         "{}[kafka.properties]\n\"message.max.bytes\" = \"3000\"\n\
          [input]\nfeatures = [\"cpu\", \"mem\"]\nkey_field = \"host\"\n\
-         [model]\nwarmup_records = 200\nepochs = 5\nthreads = 1\n",
+         [model]\nwarmup_records = 200\nepochs = 5\nmin_steps = 0\nthreads = 1\n",
         t.kafka_toml()
     );
     let mut daemon = Daemon::start(dir.path(), &config);

@@ -133,6 +133,7 @@ features = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"]
 [model]
 warmup_records = 1000
 epochs = 20
+min_steps = 0
 threads = 1
 "#;
 
@@ -412,6 +413,7 @@ size = 16
 [model]
 warmup_records = 400
 epochs = 20
+min_steps = 0
 threads = 1
 store_dir = "{}"
 [threshold]

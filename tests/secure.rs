@@ -11,7 +11,7 @@ use common::broker::TestBroker;
 use common::{Daemon, Kafka, Topics, synthetic};
 
 const FEATURES: &str = "[input]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\n\
-     [model]\nwarmup_records = 200\nepochs = 5\nthreads = 1\n";
+     [model]\nwarmup_records = 200\nepochs = 5\nmin_steps = 0\nthreads = 1\n";
 
 fn records(n: usize, partitions: i32) -> Vec<(i32, Option<String>, Vec<u8>)> {
     (0..n)

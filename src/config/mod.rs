@@ -134,15 +134,23 @@ mod tests {
         let mut spec = Settings::validate(load_raw(None).expect("defaults"))
             .expect("valid")
             .model;
-        assert_eq!((spec.epochs, spec.batch_size, spec.min_steps), (60, 128, 0));
-        assert_eq!(spec.epochs_for(460), 60, "min_steps 0: epochs as set");
-        spec.min_steps = 1000;
+        assert_eq!(
+            (spec.epochs, spec.batch_size, spec.min_steps),
+            (60, 128, 1000)
+        );
         assert_eq!(spec.epochs_for(460), 250, "4 batches an epoch: 250 epochs");
+        assert_eq!(
+            spec.epochs_for(1000),
+            125,
+            "the warm-up: 8 batches an epoch"
+        );
         assert_eq!(
             spec.epochs_for(100_000),
             60,
             "782 batches an epoch: epochs suffice"
         );
+        spec.min_steps = 0;
+        assert_eq!(spec.epochs_for(460), 60, "min_steps 0: epochs as set");
     }
 
     /// A user who names only the input gets docs/quality.md's best for its mode.

@@ -328,6 +328,7 @@ pub(crate) mod tests {
         raw.model.hidden = vec![16, 3];
         raw.model.activation = Activation::Tanh;
         raw.model.epochs = 60;
+        raw.model.min_steps = 0;
         raw.model.batch_size = 64;
         raw.model.learning_rate = 0.005;
         raw.model.seed = 7;
