@@ -552,13 +552,15 @@ def metrics(scores, labels):
             "best_f1": float(f1.max())}
 
 
-def make_model(kind, d, epochs):
+def make_model(kind, d, epochs, n):
     if kind == "iforest":
         from pyod.models.iforest import IForest
         return IForest(n_estimators=100, random_state=0, n_jobs=1)
     if kind == "ae":
         from pyod.models.auto_encoder import AutoEncoder
-        return AutoEncoder(hidden_neuron_list=auto_hidden(d), epoch_num=epochs, batch_size=128,
+        # At most the training rows, as anomalyd does (PyOD fails on an empty loader).
+        return AutoEncoder(hidden_neuron_list=auto_hidden(d), epoch_num=epochs,
+                           batch_size=min(128, n),
                            lr=1e-3, random_state=0, verbose=0, device="cpu")
     raise ValueError(kind)
 
@@ -594,7 +596,8 @@ def windows_of(vals, size):
 
 def fit_score(kind, xtrain, xall, epochs):
     import numpy as np
-    model = PcaReplica() if kind == "pca-replica" else make_model(kind, xtrain.shape[1], epochs)
+    model = (PcaReplica() if kind == "pca-replica"
+             else make_model(kind, xtrain.shape[1], epochs, xtrain.shape[0]))
     model.fit(xtrain)
     return np.asarray(model.decision_scores_, float), np.asarray(model.decision_function(xall), float)
 
