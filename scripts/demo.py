@@ -45,6 +45,19 @@ def metric(url, name):
     return total
 
 
+def daemon_env(brokers, group, topics, http):
+    """The environment that points `anomalyd run` at `brokers` and `topics` (metrics, scores,
+    alerts, dlq) with consumer group `group`, serving /metrics on `http`."""
+    return dict(os.environ,
+                ANOMALYD__KAFKA__BROKERS=brokers,
+                ANOMALYD__KAFKA__GROUP_ID=group,
+                ANOMALYD__KAFKA__INPUT_TOPIC=topics["metrics"],
+                ANOMALYD__KAFKA__SCORES_TOPIC=topics["scores"],
+                ANOMALYD__KAFKA__ALERTS_TOPIC=topics["alerts"],
+                ANOMALYD__KAFKA__DLQ_TOPIC=topics["dlq"],
+                ANOMALYD__HTTP__LISTEN=http)
+
+
 def read_topic(brokers, topic):
     c = Consumer({"bootstrap.servers": brokers, "group.id": f"demo-reader-{time.time()}",
                   "enable.auto.commit": False})
@@ -84,14 +97,7 @@ def stream(args, run, name, records, config):
         p.produce(topics["metrics"], json.dumps(value).encode(), key=key)
         p.poll(0)
     p.flush(30)
-    env = dict(os.environ,
-               ANOMALYD__KAFKA__BROKERS=args.brokers,
-               ANOMALYD__KAFKA__GROUP_ID=f"demo-{run}-{name}",
-               ANOMALYD__KAFKA__INPUT_TOPIC=topics["metrics"],
-               ANOMALYD__KAFKA__SCORES_TOPIC=topics["scores"],
-               ANOMALYD__KAFKA__ALERTS_TOPIC=topics["alerts"],
-               ANOMALYD__KAFKA__DLQ_TOPIC=topics["dlq"],
-               ANOMALYD__HTTP__LISTEN=args.http)
+    env = daemon_env(args.brokers, f"demo-{run}-{name}", topics, args.http)
     log_path = ROOT / ".run" / f"demo-{run}-{name}.log"
     log_path.parent.mkdir(exist_ok=True)
     url = f"http://{args.http}/metrics"

@@ -20,11 +20,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from demo import daemon_env, metric
 
 ROOT = Path(__file__).resolve().parent.parent
 # The daemon's likelihood warm-up per key (default.toml's threshold.likelihood.warmup).
@@ -43,20 +44,6 @@ features = ["value"]
 key_field = "series"
 timestamp_field = "timestamp"
 """
-
-
-def metric(url, name):
-    try:
-        text = urllib.request.urlopen(url, timeout=2).read().decode()
-    except OSError:
-        return None
-    total = None
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            if series.split("{")[0] == name:
-                total = (total or 0.0) + float(value)
-    return total
 
 
 def nab_records(data):
@@ -132,13 +119,7 @@ def main():
 
     config = work / "daemon.toml"
     config.write_text(SETTINGS)
-    env = dict(os.environ, ANOMALYD__KAFKA__BROKERS=args.brokers,
-               ANOMALYD__KAFKA__GROUP_ID=f"nab-stream-{run}",
-               ANOMALYD__KAFKA__INPUT_TOPIC=topics["metrics"],
-               ANOMALYD__KAFKA__SCORES_TOPIC=topics["scores"],
-               ANOMALYD__KAFKA__ALERTS_TOPIC=topics["alerts"],
-               ANOMALYD__KAFKA__DLQ_TOPIC=topics["dlq"],
-               ANOMALYD__HTTP__LISTEN=args.http)
+    env = daemon_env(args.brokers, f"nab-stream-{run}", topics, args.http)
     url = f"http://{args.http}/metrics"
     log_path = work / "daemon.log"
     started = time.time()
