@@ -20,7 +20,7 @@
 # Python side: a venv in $ANOMALYD_CACHE/pyod-venv with pinned PyOD and scikit-learn. torch
 # (for PyOD's AutoEncoder) comes from $ANOMALYD_CACHE/torch-full-venv when that holds a full
 # torch 2.11.0 (linked with a .pth file), else it is installed from PyPI into the venv.
-# The binary comes from scripts/setup.sh (run here when it is missing). About 10 minutes
+# The binary comes from scripts/setup.sh (run here when it is missing). About 16 minutes
 # on 2 cores.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

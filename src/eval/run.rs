@@ -384,17 +384,7 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
     let nab = if corpus.is_empty() {
         None
     } else {
-        let score = |p: Profile| {
-            nab::corpus_score(&corpus, &p)
-                .map(|r| r.normalized_score)
-                .map_err(|e| other(e.to_string()))
-        };
-        Some(NabReport {
-            files: corpus.len(),
-            standard: score(Profile::standard())?,
-            reward_low_fp: score(Profile::reward_low_fp())?,
-            reward_low_fn: score(Profile::reward_low_fn())?,
-        })
+        Some(nab_report(&corpus)?)
     };
     let report = EvalReport {
         model: settings.model.kind.as_str().to_string(),
@@ -470,17 +460,7 @@ fn eval_scores(args: &EvalArgs, path: &Path, windows: &LabelWindows) -> Result<(
                 .map_err(|e| other(format!("{key}: {e}")))?,
         );
     }
-    let score = |p: Profile| {
-        nab::corpus_score(&corpus, &p)
-            .map(|r| r.normalized_score)
-            .map_err(|e| other(e.to_string()))
-    };
-    let nab = NabReport {
-        files: corpus.len(),
-        standard: score(Profile::standard())?,
-        reward_low_fp: score(Profile::reward_low_fp())?,
-        reward_low_fn: score(Profile::reward_low_fn())?,
-    };
+    let nab = nab_report(&corpus)?;
     println!(
         "{} series, {rows} records, {unscored} without a score (scored 0); \
          scores of series not among the inputs: {}",
@@ -497,6 +477,21 @@ fn eval_scores(args: &EvalArgs, path: &Path, windows: &LabelWindows) -> Result<(
         )?;
     }
     Ok(())
+}
+
+/// The corpus' NAB score under the three standard profiles.
+fn nab_report(corpus: &[nab::Series]) -> Result<NabReport, AppError> {
+    let score = |p: Profile| {
+        nab::corpus_score(corpus, &p)
+            .map(|r| r.normalized_score)
+            .map_err(|e| other(e.to_string()))
+    };
+    Ok(NabReport {
+        files: corpus.len(),
+        standard: score(Profile::standard())?,
+        reward_low_fp: score(Profile::reward_low_fp())?,
+        reward_low_fn: score(Profile::reward_low_fn())?,
+    })
 }
 
 /// Runs of consecutive anomalous labels as inclusive index ranges.

@@ -173,7 +173,7 @@ impl Detector {
             selected_features: None,
             training: TrainingStats {
                 records: n,
-                epochs: spec.epochs,
+                epochs: spec.epochs_for(n),
                 final_loss: f64::NAN,
                 duration_seconds: 0.0,
                 device: format!("{device:?}"),
@@ -224,8 +224,7 @@ impl Detector {
         let bounds = (xs.amin(0, true), xs.amax(0, true));
         let mut opt = nn::Adam::default().build(&self.vs, spec.learning_rate)?;
         let bs = (spec.batch_size as i64).min(n);
-        let epochs = spec.epochs_for(n as usize);
-        self.meta.training.epochs = epochs;
+        let epochs = self.meta.training.epochs;
         let mut last = f64::NAN;
         for epoch in 0..epochs {
             self.net.anneal(spec, epoch, epochs);

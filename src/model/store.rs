@@ -528,14 +528,17 @@ mod tests {
     #[test]
     fn metadata_from_before_the_scaler_and_vae_options_still_loads() {
         // A bundle written before these options was trained as they now default to in
-        // bundles: standard scaler, reconstruction probability, decoder std floor e^-4.
+        // bundles: standard scaler, reconstruction probability, decoder std floor e^-4,
+        // exactly `epochs` epochs.
         let mut meta = trained().meta;
         meta.spec.scaler = crate::config::ScalerKind::Standard;
         meta.spec.vae.score = crate::config::VaeScore::ReconstructionProbability;
         meta.spec.vae.min_std = (-4.0f64).exp();
+        meta.spec.min_steps = 0;
         let mut json = serde_json::to_value(&meta).expect("json");
         let spec = json["spec"].as_object_mut().expect("spec");
         assert!(spec.remove("scaler").is_some());
+        assert!(spec.remove("min_steps").is_some());
         let vae = spec["vae"].as_object_mut().expect("vae");
         assert!(vae.remove("score").is_some());
         assert!(vae.remove("min_std").is_some());
