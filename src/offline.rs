@@ -95,6 +95,7 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
     let max = settings.batch.max_records;
     let dim = settings.input.dim();
     let mut batch = Batch::with_capacity(max, dim);
+    let started = std::time::Instant::now();
     input::read(settings, &args.input, args.format, None, |row| {
         writer.summary.records += 1;
         match row.decoded {
@@ -130,12 +131,20 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
     rest.extend(scorer.finish().map_err(to_app)?);
     writer.write(rest)?;
     writer.out.flush()?;
+    let seconds = started.elapsed().as_secs_f64();
     let s = &writer.summary;
     let threshold = scorer.detector().map(|d| d.threshold());
     eprintln!(
         "anomalyd score: {} records, {} scored, {} anomalies, {} undecodable, {} unscorable, \
-         threshold {:?}",
-        s.records, s.scored, s.anomalies, s.undecodable, s.unscorable, threshold
+         threshold {:?}; {seconds:.3} s reading, scoring and writing \
+         ({:.0} records/s)",
+        s.records,
+        s.scored,
+        s.anomalies,
+        s.undecodable,
+        s.unscorable,
+        threshold,
+        s.records as f64 / seconds.max(f64::EPSILON)
     );
     Ok(())
 }
