@@ -293,12 +293,12 @@ fn produce(brokers: &str, topic: &str, file: &Path) -> Result<()> {
 }
 
 fn group_consumer(brokers: &str, group: &str) -> Result<BaseConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?)
+        .set("enable.auto.commit", "false");
+    Ok(cfg.create()?)
 }
 
 fn consume(brokers: &str, topic: &str, group: &str, records: u64, timeout: Duration) -> Result<()> {

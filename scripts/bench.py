@@ -153,7 +153,7 @@ kind = "quantile"
         subprocess.run([script, "stop", folder], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
         topics = " ".join(f"{t}:4" for t in ["in", "echo", "py", "scores", "alerts", "dlq",
-                                              "lat-in", "lat-echo", "lat-scores", "lat-alerts",
+                                              "lat-in", "lat-echo-in", "lat-echo", "lat-scores", "lat-alerts",
                                               "lat-dlq", "keys-in", "keys-scores",
                                               "keys-alerts", "keys-dlq"])
         subprocess.run([script, "start", folder], check=True, capture_output=True,
@@ -234,7 +234,7 @@ kind = "quantile"
 
     def mock(self):
         """librdkafka's MockCluster as the fast broker: produce, then a group reads."""
-        n = 20_000
+        n = self.args.e2e_records
         self.log(f"MockCluster: {n} records produced, then read by a consumer group")
         data = self.work / "mock.jsonl"
         self.tool("gen", "--records", n, "--features", 32, "--out", data)
@@ -244,7 +244,7 @@ kind = "quantile"
             brokers = json.loads(mock.stdout.readline())["bootstrap"]
             produced = self.tool("produce", "--brokers", brokers, "--topic", "in", "--file", data)
             got = self.tool("consume", "--brokers", brokers, "--topic", "in", "--group",
-                            f"mock-{self.run_id}", "--records", n, "--timeout-s", 60)
+                            f"mock-{self.run_id}", "--records", n, "--timeout-s", 30)
         finally:
             mock.stdin.close()
             mock.wait()
@@ -254,17 +254,26 @@ kind = "quantile"
                 "seconds": got["since_start"], "rate": got["records"] / got["since_start"]}
 
     def latency(self, label, brokers):
+        """Steady rates through the echo loop, then through the daemon, one at a time (each
+        with its own input topic, joined before the first counted record)."""
         self.log(f"latency through {label}")
-        res = {}
-        echo = subprocess.Popen([self.perf, "echo", "--brokers", brokers, "--in", "lat-in",
-                                 "--out", "lat-echo", "--group", f"lat-echo-{self.run_id}"],
-                                stdout=subprocess.DEVNULL)
+        res = {rate: {} for rate in self.args.latency_rates}
+        echo = subprocess.Popen([self.perf, "echo", "--brokers", brokers, "--in",
+                                 "lat-echo-in", "--out", "lat-echo", "--group",
+                                 f"lat-echo-{self.run_id}"], stdout=subprocess.DEVNULL)
+        time.sleep(5)
+        for rate in self.args.latency_rates:
+            res[rate]["echo"] = self.tool("latency", "--brokers", brokers, "--in",
+                                          "lat-echo-in", "--out", "lat-echo", "--rate", rate,
+                                          "--field", "ts", "--seconds",
+                                          self.args.latency_seconds)
+        echo.kill()
+        echo.wait()
         cfg, _ = self.stores[32]
         store = self.fresh_store(32, f"lat-store-{label}")
         d = self.daemon(brokers, cfg, "lat-", f"lat-anomalyd-{self.run_id}",
                         "127.0.0.1:9478", store,
                         {"ANOMALYD__PIPELINE__LINGER": self.args.daemon_linger})
-        # Both groups joined: wait until the daemon reports ready, then a little longer.
         deadline = time.time() + 60
         while time.time() < deadline:
             if metric("http://127.0.0.1:9478/metrics", "anomalyd_ready") == 1.0:
@@ -272,19 +281,15 @@ kind = "quantile"
             time.sleep(0.5)
         time.sleep(3)
         for rate in self.args.latency_rates:
-            row = {}
-            for who, topic, field in (("echo", "lat-echo", "ts"),
-                                      ("anomalyd", "lat-scores", "timestamp")):
-                row[who] = self.tool("latency", "--brokers", brokers, "--in", "lat-in",
-                                     "--out", topic, "--rate", rate, "--field", field,
-                                     "--seconds", self.args.latency_seconds)
-            res[rate] = row
+            res[rate]["anomalyd"] = self.tool("latency", "--brokers", brokers, "--in", "lat-in",
+                                              "--out", "lat-scores", "--rate", rate,
+                                              "--field", "timestamp", "--seconds",
+                                              self.args.latency_seconds)
+        self.stop(d)
+        for rate, row in res.items():
             self.log(f"  {rate}/s: echo p50 {row['echo']['p50_ms']:.1f} p99 "
                      f"{row['echo']['p99_ms']:.1f} ms; anomalyd p50 "
                      f"{row['anomalyd']['p50_ms']:.1f} p99 {row['anomalyd']['p99_ms']:.1f} ms")
-        self.stop(d)
-        echo.kill()
-        echo.wait()
         return res
 
     def keyed_memory(self, brokers):

@@ -86,13 +86,15 @@ enum Slot {
 /// A decoder for one input spec.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    slots: HashMap<Box<str>, Slot>,
+    /// Field name -> role. foldhash: the map is fixed at start-up and only looked up (once
+    /// per field of every record), so a fast non-cryptographic hash is safe here.
+    slots: HashMap<Box<str>, Slot, foldhash::fast::RandomState>,
     names: Vec<String>,
 }
 
 impl Decoder {
     pub fn new(spec: &InputSpec) -> Self {
-        let mut slots = HashMap::new();
+        let mut slots = HashMap::default();
         // Inserted first so that the value roles win when a name is configured twice.
         if let Some(k) = &spec.key_field {
             slots.insert(k.as_str().into(), Slot::Key);
