@@ -338,8 +338,15 @@ def main():
     ap.add_argument("--disk-port", type=int, default=19310)
     ap.add_argument("--tmpfs-port", type=int, default=19311)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from WORK/results.json (no measuring)")
     args = ap.parse_args()
     b = Bench(args)
+    if args.report_only:
+        import bench_report
+        results = json.loads((b.work / "results.json").read_text())
+        bench_report.write(results, Path(args.out), b.root, b.bin, b.py)
+        return
     started = time.time()
     b.prepare()
     b.hot_path()

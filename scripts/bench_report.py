@@ -5,6 +5,9 @@ import platform
 import subprocess
 from pathlib import Path
 
+# An echo loop whose p99 exceeds this is queueing in the broker: a latency comparison at that
+# rate measures the backlog, not the pipelines.
+SATURATED_MS = 1000.0
 CK_VERSION = "import importlib.metadata as m; print(m.version('confluent-kafka'))"
 TARGETS = {"hot": 20.0, "echo": 0.95, "peer": 10.0, "latency_ms": 50.0, "rss_mb": 300.0}
 
@@ -102,7 +105,7 @@ def write(results, out, root, binary, python):
     fast = max(results["e2e"].items(), key=lambda kv: kv[1]["echo"])
     r = fast[1]["anomalyd"] / fast[1]["python"]
     w(f"| end to end vs Python peer, {fast[0]} (the faster broker here, still the bottleneck: "
-      "see End to end) | {k(fast[1]['anomalyd'])}/s | Python peer "
+      f"see End to end) | {k(fast[1]['anomalyd'])}/s | Python peer "
       f"{k(fast[1]['python'])}/s | {r:.1f}x | >= {TARGETS['peer']:.0f}x | "
       f"{yes(r >= TARGETS['peer'])} |")
     for label, rows in results["latency"].items():
@@ -112,8 +115,9 @@ def write(results, out, root, binary, python):
                 w(f"| p99 latency at {rate}/s, {label} | no data | | | | missed |")
                 continue
             ok = ours <= floor + TARGETS["latency_ms"]
-            w(f"| p99 latency at {rate}/s, {label} | {ours:.1f} ms | echo p99 {floor:.1f} ms | "
-              f"+{ours - floor:.1f} ms | <= +{TARGETS['latency_ms']:.0f} ms | {yes(ok)} |")
+            verdict = yes(ok) if floor < SATURATED_MS else "not measurable: the broker is past its ceiling"
+            w(f"| p99 latency at {int(rate):,}/s, {label} | {ours:.1f} ms | echo p99 {floor:.1f} ms | "
+              f"{ours - floor:+.1f} ms | <= +{TARGETS['latency_ms']:.0f} ms | {verdict} |")
     for label, e in results["e2e"].items():
         if e.get("rss_mb"):
             w(f"| peak RSS, end to end, {label} | {e['rss_mb']:.0f} MB | | | <= "
@@ -191,7 +195,13 @@ def write(results, out, root, binary, python):
       "counted. The echo loop's latency is the "
       "floor: the same two broker hops with no work. The daemon runs with "
       "`pipeline.linger` 5ms for these runs (its default of 20 ms trades latency for "
-      "batch size).")
+      "batch size). At rates where the echo loop's own p99 exceeds "
+      f"{SATURATED_MS / 1000:.0f} s the broker is queueing (Tansu serves about 20k records/s "
+      "in all, and a latency run asks it for four streams: produce, fetch, produce, fetch), "
+      "so those rows show the broker's backlog, not the pipelines; the target is judged only "
+      "below that. At 1k records/s both p50s sit near 450 ms: Tansu answers a fetch only "
+      "when its wait (librdkafka's `fetch.wait.max.ms`, 500 ms) ends, for every consumer "
+      "alike.")
     w("")
     w("| broker | rate | echo p50 | echo p99 | anomalyd p50 | anomalyd p99 | received "
       "(echo / anomalyd of sent) |")
@@ -212,8 +222,9 @@ def write(results, out, root, binary, python):
         w("")
         w(f"Window mode (one value per record, window 32, the defaults: likelihood fed by "
           f"window discords), {m['keys']:,} keys x {m['records'] // m['keys']} records "
-          f"through the tmpfs broker: peak RSS {m['rss_mb']:.0f} MB with "
-          f"{m['scored']:,} of {m['expected']:,} expected records scored.")
+          f"through the tmpfs broker: peak RSS {m['rss_mb']:.0f} MB, measured once "
+          f"{m['scored']:,} records were scored (every key past its first window: "
+          f"{m['expected']:,}).")
     kern = results["kernel"]
     w("")
     w("## Scoring kernel and training, one thread")
