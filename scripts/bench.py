@@ -366,6 +366,8 @@ def main():
                 b.results["keys"] = b.keyed_memory(addr)
         finally:
             b.stop_broker(folder)
+            if str(folder).startswith("/dev/shm"):
+                shutil.rmtree(folder, ignore_errors=True)  # tmpfs is memory
     b.results["seconds"] = time.time() - started
     (b.work / "results.json").write_text(json.dumps(b.results, indent=1))
     import bench_report

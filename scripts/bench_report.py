@@ -151,6 +151,16 @@ def write(results, out, root, binary, python):
         for pct, dso, sym in results["profile"]:
             w(f"| {pct:.1f} | {dso} | `{sym.replace('|', '/')}` |")
     w("")
+    w("The hot-path target is missed. Decoding is the largest share (serde_json's visitor: "
+      "string and number parsing, the field-name lookup), then libtorch's tanh and GEMM, "
+      "then allocation, copying and encoding. Tried so far: the field-name map hashed with "
+      "foldhash instead of SipHash (SipHash was about 8% of self time; the change is "
+      "within this harness's run-to-run noise). Not yet tried, in the order the profile "
+      "suggests: a SIMD JSON parser (`sonic-rs` or `simd-json`) behind the same pure "
+      "`Decoder::decode` and its DLQ reason codes; decoding straight into the batch's row "
+      "buffer (no vector, key or line string per record); encoding the score messages "
+      "without `serde` into one buffer; decoding on a second core in parallel with scoring.")
+    w("")
     w("## End to end")
     w("")
     w("Each broker is started fresh (an empty database). 200k records of 32 features are "
