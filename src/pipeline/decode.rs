@@ -1,8 +1,8 @@
 //! Decoding a record's bytes into its key, timestamp and values: a pure function of the
 //! bytes and the input spec (no I/O, no metrics), so it can be fuzzed and benchmarked.
 //!
-//! JSON objects are walked once with a serde visitor that keeps only the configured fields
-//! and skips the rest without allocating.
+//! JSON objects are walked once (sonic-rs, a SIMD parser, through serde) with a visitor that
+//! keeps only the configured fields and skips the rest without allocating.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -136,7 +136,7 @@ impl Decoder {
             values: vec![f32::NAN; self.names.len()],
         };
         let mut failure = None;
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        let mut de = sonic_rs::Deserializer::from_slice(payload);
         let parsed = RecordSeed {
             decoder: self,
             out: &mut out,
@@ -194,9 +194,12 @@ fn finite(name: &str, v: f64) -> Result<f32, DecodeError> {
 
 /// A JSON syntax error; a number literal beyond even the 64-bit float range (`1e309`) is
 /// reported as `out_of_range`, like one beyond the 32-bit range.
-fn json_error(e: &serde_json::Error) -> DecodeError {
+fn json_error(e: &sonic_rs::Error) -> DecodeError {
     let detail = e.to_string();
-    let code = if detail.starts_with("number out of range") {
+    // sonic-rs's messages for a literal beyond f64 (its NumberOutOfRange, FloatMustBeFinite).
+    let code = if detail.starts_with("Number is bigger than the maximum value")
+        || detail.starts_with("Float number must be finite")
+    {
         DecodeErrorCode::OutOfRange
     } else {
         DecodeErrorCode::InvalidJson
