@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs anomalyd's whole test suite: installs what is missing (scripts/setup.sh), starts a
-# broker on a test port, checks formatting and lints, and runs `cargo test`.
+# broker on a test port, checks formatting and lints, and runs `cargo test` over the
+# workspace (the libtorch-free anomalyd-detect crate and the anomalyd crate).
 # Idempotent; a second run reuses the installs and the build.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -20,11 +21,11 @@ trap cleanup EXIT
 mkdir -p "$RUN_DIR"
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
-log "cargo test"
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "cargo test --workspace (anomalyd-detect, then anomalyd with the broker)"
 set +e
-RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --all-targets --no-fail-fast 2>&1 | tee "$RUN_DIR/test.log"
+RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$RUN_DIR/test.log"
 status=${PIPESTATUS[0]}
 
 # The operations checks (issue 5): real promtool, Prometheus, kubectl kustomize +

@@ -2,14 +2,11 @@
 
 pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
-pub mod eval;
 pub mod http;
-pub mod input;
 pub mod model;
-pub mod models;
-pub mod offline;
 pub mod pipeline;
 pub mod shutdown;
 pub mod telemetry;

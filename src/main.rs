@@ -49,10 +49,10 @@ fn main() -> ExitCode {
     telemetry::init_tracing(settings.log_format);
 
     let result = match cli.command {
-        Command::Score(args) => anomalyd::offline::run(&settings, &args),
-        Command::Train(args) => anomalyd::eval::run::train(&settings, &args),
-        Command::Eval(args) => anomalyd::eval::run::eval(&settings, &args),
-        Command::Models(args) => anomalyd::models::run(&settings, &args),
+        Command::Score(args) => anomalyd::commands::score::run(&settings, &args),
+        Command::Train(args) => anomalyd::commands::train::train(&settings, &args),
+        Command::Eval(args) => anomalyd::commands::eval::eval(&settings, &args),
+        Command::Models(args) => anomalyd::commands::models::run(&settings, &args),
         Command::Run => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(likelihood_keys, fit);
         // Ten times as many keys as fit, each with a full history and discord memory.
         let mut keyed = Keyed::new(params, likelihood_keys);
-        let mut shaper = crate::pipeline::window::Shaper::new(&s.input);
+        let mut shaper = crate::pipeline::shaper::Shaper::new(&s.input);
         for k in 0..10 * fit {
             let key = format!("key-{k}");
             for i in 0..60 {
@@ -349,7 +349,7 @@ mod tests {
         }
         assert_eq!(keyed.keys(), fit);
         assert_eq!(keyed.evictions(), (9 * fit) as u64);
-        let crate::pipeline::window::Shaper::Window(w) = &shaper else {
+        let crate::pipeline::shaper::Shaper::Window(w) = &shaper else {
             panic!("window mode")
         };
         assert_eq!(w.keys(), fit);

@@ -206,16 +206,7 @@ pub struct ContractiveParams {
     pub lambda: f64,
 }
 
-/// How the features are centred and scaled before the network sees them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScalerKind {
-    /// (x - mean) / standard deviation.
-    #[default]
-    Standard,
-    /// (x - median) / (IQR / 1.349): the training data's outliers barely move it.
-    Robust,
-}
+pub use anomalyd_detect::scaler::ScalerKind;
 
 /// What the VAE reports as a record's anomaly score.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -13,6 +13,7 @@ use super::raw::{
 };
 use crate::model::discord::DiscordParams;
 use crate::model::likelihood::LikelihoodParams;
+pub use anomalyd_detect::threshold::ThresholdSpec;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -216,53 +217,6 @@ pub struct ModelRuntime {
     pub store_dir: Option<PathBuf>,
     /// Versions kept in the store (the current one always is).
     pub keep: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ThresholdSpec {
-    Quantile {
-        quantile: f64,
-    },
-    Spot {
-        risk: f64,
-        init_level: f64,
-    },
-    Dspot {
-        risk: f64,
-        init_level: f64,
-        depth: usize,
-    },
-    /// Per key, the anomaly likelihood of the score stream decides (see
-    /// [`crate::model::likelihood`]); the `quantile` threshold only scales `normalized`.
-    Likelihood {
-        quantile: f64,
-        params: LikelihoodParams,
-        max_keys: usize,
-    },
-}
-
-impl ThresholdSpec {
-    /// What decides alerts, in a line (`check-config` shows what `auto` resolved to).
-    pub fn summary(&self) -> String {
-        match self {
-            ThresholdSpec::Quantile { quantile } => format!("quantile {quantile}"),
-            ThresholdSpec::Spot { risk, .. } => format!("spot, risk {risk}"),
-            ThresholdSpec::Dspot { risk, depth, .. } => {
-                format!("dspot, risk {risk}, depth {depth}")
-            }
-            ThresholdSpec::Likelihood { params, .. } => match params.discord {
-                Some(d) => format!(
-                    "likelihood fed window discords (memory {}, segment {}, refractory {})",
-                    d.memory, d.segment, params.refractory
-                ),
-                None => format!(
-                    "likelihood fed the model's score (refractory {})",
-                    params.refractory
-                ),
-            },
-        }
-    }
 }
 
 fn in_unit(key: &'static str, v: f64) -> Result<f64, ConfigError> {
@@ -741,7 +695,7 @@ impl Settings {
             window_key_bytes: match &input.shape {
                 InputShape::Window {
                     size, differences, ..
-                } => crate::pipeline::window::Windower::key_bytes(*size, *differences),
+                } => crate::pipeline::shaper::Windower::key_bytes(*size, *differences),
                 _ => 0,
             },
             likelihood_key_bytes: match &threshold {

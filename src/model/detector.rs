@@ -12,9 +12,11 @@ use super::network::Network;
 use super::scaler::Scaler;
 use super::threshold::{Threshold, quantile};
 use crate::config::{ModelKind, ModelSpec, ThresholdSpec};
+use crate::model::judge::ScoreScale;
 
-/// What a model bundle records besides its weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a model bundle records besides its weights, in memory (stored through
+/// [`super::bundle`], the versioned on-disk format).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelMeta {
     pub version: u64,
     pub spec: ModelSpec,
@@ -25,17 +27,14 @@ pub struct ModelMeta {
     /// Median calibration score: `normalized_score` is 0 there and 1 at the threshold.
     pub center: f32,
     /// Concrete autoencoder: the input features its selector nodes picked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_features: Option<Vec<String>>,
     pub training: TrainingStats,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// The lifecycle: the model this one replaced, and why it was promoted.
-    #[serde(default)]
     pub lineage: Lineage,
     /// SHA-256 (hex) of each of the bundle's other files, by name: a bundle whose files do
-    /// not match is rejected. Absent in bundles written before it existed.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    /// not match is rejected. Empty for bundles written before it existed.
     pub files: std::collections::BTreeMap<String, String>,
 }
 
@@ -212,7 +211,8 @@ impl Detector {
         }
         let scores = det.score_scaled(&xs)?.scores;
         det.meta.center = quantile(&scores, 0.5);
-        det.meta.threshold = Threshold::calibrate(threshold, &scores)?;
+        det.meta.threshold = Threshold::calibrate(threshold, &scores)
+            .map_err(|e| ModelError::Threshold(e.to_string()))?;
         det.meta.training.duration_seconds = started.elapsed().as_secs_f64();
         Ok(det)
     }
@@ -268,31 +268,22 @@ impl Detector {
         self.score_scaled(&self.scaled(rows))
     }
 
-    /// `(score - center) / (threshold - center)`, or `None` when the span is 0 (every
-    /// calibration score equal) or not finite.
-    fn calibrated(&self, score: f32, threshold: f32) -> Option<f64> {
-        let center = f64::from(self.meta.center);
-        let span = f64::from(threshold) - center;
-        (span.abs() > f64::from(f32::EPSILON) && span.is_finite())
-            .then(|| (f64::from(score) - center) / span)
+    /// The model's score scale ([`ScoreScale`]): its center and calibrated threshold.
+    pub fn scale(&self) -> ScoreScale {
+        ScoreScale {
+            center: self.meta.center,
+            calibrated_threshold: self.threshold(),
+        }
     }
 
     /// `(score - center) / (threshold - center)`: 0 for a typical record, 1 at the threshold.
     pub fn normalize(&self, score: f32, threshold: f32) -> f32 {
-        self.calibrated(score, threshold).map_or(0.0, |v| v as f32)
+        self.scale().normalize(score, threshold)
     }
 
-    /// What a key's anomaly likelihood is fed: the score in this model's calibrated units,
-    /// `(score - center) / (calibrated threshold - center)`. The likelihood is invariant to
-    /// such a map within one model, and across models it keeps a key's history comparable:
-    /// when a retrained model with another score scale takes over, the history of the old
-    /// model's scores still describes normal. (Fed raw scores, a model whose scores are 3x
-    /// larger raises a false alert on every key at the switch, and more while the history
-    /// catches up.) With a zero span (every calibration score equal) it is the offset
-    /// score, so a change still shows.
+    /// What a key's anomaly likelihood is fed ([`ScoreScale::likelihood_input`]).
     pub fn likelihood_input(&self, score: f32) -> f64 {
-        self.calibrated(score, self.threshold())
-            .unwrap_or_else(|| f64::from(score) - f64::from(self.meta.center))
+        self.scale().likelihood_input(score)
     }
 
     pub fn var_store(&self) -> &nn::VarStore {

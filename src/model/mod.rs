@@ -4,16 +4,15 @@
 //! calibrated threshold and the metadata that describes them. It lives on one thread (the
 //! scorer): tch tensors are `Send` but not `Sync`.
 
+pub mod bundle;
 pub(crate) mod detector;
 pub mod device;
-pub mod discord;
-pub mod likelihood;
 pub mod network;
-pub mod scaler;
-pub mod spot;
 pub mod store;
-pub mod threshold;
 pub mod verify;
+
+// The decision rules live in the libtorch-free `anomalyd-detect` crate.
+pub use anomalyd_detect::{discord, judge, likelihood, scaler, spot, threshold};
 
 pub use detector::{Detector, Lineage, ModelMeta, ScoreOutput, TrainingStats};
 

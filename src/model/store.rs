@@ -85,7 +85,7 @@ pub fn save(store: &Path, det: &Detector) -> Result<PathBuf, ModelError> {
         write_synced(&tmp.join(MODULE), &bytes)?;
         meta.files.insert(MODULE.into(), super::sha256_hex(&bytes));
     }
-    let text = serde_json::to_vec_pretty(&meta).map_err(|source| ModelError::Meta {
+    let text = super::bundle::encode(&meta).map_err(|source| ModelError::Meta {
         path: tmp.join(META),
         source,
     })?;
@@ -174,7 +174,7 @@ pub fn prune(store: &Path, keep: usize) -> Result<Vec<u64>, ModelError> {
 pub fn read_meta(store: &Path, version: u64) -> Result<ModelMeta, ModelError> {
     let meta_path = version_dir(store, version).join(META);
     let text = std::fs::read(&meta_path).map_err(io(&meta_path))?;
-    serde_json::from_slice(&text).map_err(|source| ModelError::Meta {
+    super::bundle::decode(&text).map_err(|source| ModelError::Meta {
         path: meta_path.clone(),
         source,
     })
@@ -197,7 +197,7 @@ pub fn check_dir(dir: &Path, features: &[String], device: Device) -> Result<Dete
     let meta_path = dir.join(META);
     let text = std::fs::read(&meta_path)
         .map_err(|e| Rejected::new("unreadable", format!("{}: {e}", meta_path.display())))?;
-    let meta: ModelMeta = serde_json::from_slice(&text)
+    let meta = super::bundle::decode(&text)
         .map_err(|e| Rejected::new("unreadable", format!("{}: {e}", meta_path.display())))?;
     verify::check_meta(&meta, features)?;
     for (name, want) in &meta.files {
@@ -438,7 +438,7 @@ impl Bundle {
         }
         let meta_path = dir.join(META);
         let text = std::fs::read(&meta_path).map_err(io(&meta_path))?;
-        let meta: ModelMeta = serde_json::from_slice(&text).map_err(|source| ModelError::Meta {
+        let meta = super::bundle::decode(&text).map_err(|source| ModelError::Meta {
             path: meta_path.clone(),
             source,
         })?;
@@ -535,14 +535,24 @@ mod tests {
         meta.spec.vae.score = crate::config::VaeScore::ReconstructionProbability;
         meta.spec.vae.min_std = (-4.0f64).exp();
         meta.spec.min_steps = 0;
-        let mut json = serde_json::to_value(&meta).expect("json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&super::super::bundle::encode(&meta).expect("encodes"))
+                .expect("json");
+        assert_eq!(json["format"], 1);
+        assert!(
+            json.as_object_mut()
+                .expect("meta")
+                .remove("format")
+                .is_some()
+        );
         let spec = json["spec"].as_object_mut().expect("spec");
         assert!(spec.remove("scaler").is_some());
         assert!(spec.remove("min_steps").is_some());
         let vae = spec["vae"].as_object_mut().expect("vae");
         assert!(vae.remove("score").is_some());
         assert!(vae.remove("min_std").is_some());
-        let old: ModelMeta = serde_json::from_value(json).expect("an older bundle loads");
+        let old = super::super::bundle::decode(&serde_json::to_vec(&json).expect("json"))
+            .expect("an older bundle loads");
         assert_eq!(old, meta);
         // The scaler keeps its on-disk field names.
         let scaler = serde_json::to_value(&meta.scaler).expect("json");

@@ -16,9 +16,9 @@ pub mod offsets;
 pub mod output;
 pub mod probe;
 pub mod score;
+pub mod shaper;
 pub mod sink;
 pub mod source;
-pub mod window;
 
 use serde::Serialize;
 
@@ -83,12 +83,7 @@ impl Batch {
     }
 }
 
-/// A feature's share of a record's reconstruction error.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Contribution {
-    pub feature: usize,
-    pub share: f32,
-}
+pub use crate::model::judge::Contribution;
 
 /// A scored batch, ready to be written out.
 #[derive(Debug)]

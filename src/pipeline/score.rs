@@ -11,15 +11,16 @@ use std::collections::VecDeque;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tch::Device;
 
-use super::{Batch, Contribution, Scored};
+use super::{Batch, Scored};
 use crate::config::{ModelSpec, RetrainPolicy, ThresholdSpec};
-use crate::model::likelihood::{ALERT_LEVEL, Keyed};
+use crate::model::judge::Judge;
+use crate::model::likelihood::Keyed;
 use crate::model::threshold::Threshold;
 use crate::model::{Detector, ModelError, store};
 use crate::telemetry::Metrics;
 use crate::train::gate::HoldoutStats;
+use crate::train::normal_window::NormalWindow;
 use crate::train::trainer::{self, Job, Outcome, TrainerSettings};
-use crate::train::window::NormalWindow;
 
 /// What the scorer needs to train and explain.
 #[derive(Debug, Clone)]
@@ -232,10 +233,9 @@ pub struct Scorer {
     settings: ScorerSettings,
     retrainer: Option<Retrainer>,
     detector: Option<Detector>,
-    /// The serving model's threshold as it adapts (SPOT) in stream order.
-    threshold: Threshold,
-    /// Per-key anomaly likelihoods (`threshold.kind = "likelihood"`).
-    likelihood: Option<Keyed>,
+    /// The decision state: the serving model's threshold as it adapts (SPOT), and the
+    /// per-key anomaly likelihoods (`threshold.kind = "likelihood"`), in stream order.
+    judge: Judge,
     warmup: Vec<Batch>,
     warmup_len: usize,
     metrics: Arc<Metrics>,
@@ -283,12 +283,17 @@ impl Scorer {
             } => Some(Keyed::new(params, max_keys)),
             _ => None,
         };
+        let judge = Judge::new(
+            Threshold::Fixed { value: f32::NAN },
+            likelihood,
+            settings.top_features,
+            settings.value_feature,
+        );
         let mut s = Scorer {
             retrainer,
             settings,
             detector: None,
-            threshold: Threshold::Fixed { value: f32::NAN },
-            likelihood,
+            judge,
             warmup: Vec::new(),
             warmup_len: 0,
             metrics,
@@ -325,7 +330,7 @@ impl Scorer {
                 Ok(keyed) => {
                     tracing::info!(keys = keyed.keys(), path = %path.display(),
                         "restored the anomaly likelihood state");
-                    self.likelihood = Some(keyed);
+                    self.judge.set_likelihood(keyed);
                 }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e,
                     "not restoring the anomaly likelihood state: every key warms up again"),
@@ -338,7 +343,7 @@ impl Scorer {
     /// Saves each key's anomaly likelihood in the store, for [`Self::restore_likelihood`]
     /// after a restart. Does nothing without a store or a likelihood.
     pub fn save_likelihood(&self) -> Result<(), ModelError> {
-        let (Some(dir), Some(keyed)) = (&self.settings.store_dir, &self.likelihood) else {
+        let (Some(dir), Some(keyed)) = (&self.settings.store_dir, self.judge.likelihood()) else {
             return Ok(());
         };
         let started = Instant::now();
@@ -468,7 +473,7 @@ impl Scorer {
         if let Some(publish) = &self.settings.publish {
             let _ = publish.send(det.version());
         }
-        self.threshold = det.meta.threshold.clone();
+        self.judge.set_threshold(det.meta.threshold.clone());
         self.detector = Some(det);
     }
 
@@ -478,17 +483,10 @@ impl Scorer {
         self.poll_trainer();
         if let Some(det) = &self.detector {
             let started = Instant::now();
-            let scored = score_batch(
-                det,
-                Judge {
-                    threshold: &mut self.threshold,
-                    likelihood: self.likelihood.as_mut(),
-                },
-                &self.settings,
-                &self.metrics,
-                batch,
-            )?;
-            self.metrics.threshold.set(self.threshold.current() as f64);
+            let scored = score_batch(det, &mut self.judge, &self.settings, &self.metrics, batch)?;
+            self.metrics
+                .threshold
+                .set(self.judge.threshold().current() as f64);
             if let Some(r) = self.retrainer.as_mut() {
                 if r.in_flight {
                     self.metrics
@@ -577,112 +575,46 @@ impl Scorer {
             }
         }
         self.warmup_len = 0;
-        let mut threshold = det.meta.threshold.clone();
-        let scored = std::mem::take(&mut self.warmup)
-            .into_iter()
-            .map(|b| {
-                let judge = Judge {
-                    threshold: &mut threshold,
-                    likelihood: self.likelihood.as_mut(),
-                };
-                score_batch(&det, judge, &self.settings, &self.metrics, b)
-            })
-            .collect();
         self.install(det);
-        self.threshold = threshold;
-        scored
+        let Some(det) = self.detector.as_ref() else {
+            return Ok(Vec::new());
+        };
+        std::mem::take(&mut self.warmup)
+            .into_iter()
+            .map(|b| score_batch(det, &mut self.judge, &self.settings, &self.metrics, b))
+            .collect()
     }
 }
 
-/// What decides whether a record is an anomaly: the threshold, or (when configured) each
-/// key's anomaly likelihood; both keep state in stream order.
-struct Judge<'a> {
-    threshold: &'a mut Threshold,
-    likelihood: Option<&'a mut Keyed>,
-}
-
-/// Scores a batch and judges each record, in order.
+/// Scores a batch and judges each record, in order ([`Judge::judge`]).
 fn score_batch(
     det: &Detector,
-    judge: Judge<'_>,
+    judge: &mut Judge,
     settings: &ScorerSettings,
     metrics: &Metrics,
     batch: Batch,
 ) -> Result<Scored, ModelError> {
     let started = Instant::now();
     let out = det.score(&batch.features)?;
-    let dim = det.dim();
     let n = out.scores.len();
-    let mut explanations = Vec::new();
-    let mut thresholds = Vec::with_capacity(n);
-    let mut anomalies = Vec::with_capacity(n);
-    let mut normalized = Vec::with_capacity(n);
-    let mut likelihood = Vec::new();
-    let mut discord = Vec::new();
-    let Judge {
-        threshold,
-        likelihood: mut keyed,
-    } = judge;
-    let mut top_counts = vec![0u64; dim];
+    let v = judge.judge(
+        det.scale(),
+        &out.scores,
+        &out.feature_errors,
+        &batch.features,
+        |i| batch.metas[i].key.as_deref(),
+    );
     let score_hist = metrics.score.local();
     let norm_hist = metrics.normalized_score.local();
-    let mut unscored = 0u64;
-    for (i, &s) in out.scores.iter().enumerate() {
-        if !s.is_finite() {
-            // No usable score (the model overflowed on extreme values): the sink
-            // dead-letters the record; thresholds and likelihoods never see it.
-            unscored += 1;
-            thresholds.push(threshold.current());
-            anomalies.push(false);
-            normalized.push(f32::NAN);
-            if let Some(k) = keyed.as_deref() {
-                likelihood.push(f32::NAN);
-                if k.discord().is_some() {
-                    discord.push(f32::NAN);
-                }
-            }
-            continue;
-        }
-        let (t, mut anomaly) = threshold.judge(s);
-        if let Some(k) = keyed.as_deref_mut() {
-            let row = &batch.features[i * dim..(i + 1) * dim];
-            let value = settings.value_feature.map(|f| f64::from(row[f]));
-            let l = k.update(
-                batch.metas[i].key.as_deref(),
-                det.likelihood_input(s),
-                row,
-                value,
-            );
-            anomaly = l >= ALERT_LEVEL;
-            likelihood.push(l as f32);
-            if let Some(d) = k.discord() {
-                discord.push(d as f32);
-            }
-        }
-        let norm = det.normalize(s, t);
-        thresholds.push(t);
-        anomalies.push(anomaly);
-        normalized.push(norm);
-        score_hist.observe(s as f64);
-        norm_hist.observe(norm as f64);
-        if anomaly {
-            // Fed discords, the likelihood explains its alert by the window positions that
-            // differ most from the key's nearest earlier window; else the model's error.
-            let terms = keyed
-                .as_deref()
-                .and_then(Keyed::discord_terms)
-                .filter(|t| t.len() == dim)
-                .unwrap_or(&out.feature_errors[i * dim..(i + 1) * dim]);
-            let why = top_contributions(terms, settings.top_features);
-            if let Some(c) = why.first() {
-                top_counts[c.feature] += 1;
-            }
-            explanations.push((i, why));
+    for (&s, &norm) in out.scores.iter().zip(&v.normalized) {
+        if s.is_finite() {
+            score_hist.observe(s as f64);
+            norm_hist.observe(norm as f64);
         }
     }
     score_hist.flush();
     norm_hist.flush();
-    if let Some(k) = keyed {
+    if let Some(k) = judge.likelihood() {
         metrics.likelihood_keys.set(k.keys() as i64);
         metrics.set_state_keys(1, k.keys());
         let seen = metrics.likelihood_evictions.get();
@@ -694,8 +626,14 @@ fn score_batch(
         .scoring_duration
         .observe(started.elapsed().as_secs_f64());
     metrics.batch_size.observe(n as f64);
-    metrics.records_scored.inc_by(n as u64 - unscored);
-    metrics.anomalies.inc_by(explanations.len() as u64);
+    metrics.records_scored.inc_by((n - v.unscored) as u64);
+    metrics.anomalies.inc_by(v.explanations.len() as u64);
+    let mut top_counts = vec![0u64; det.dim()];
+    for (_, why) in &v.explanations {
+        if let Some(c) = why.first() {
+            top_counts[c.feature] += 1;
+        }
+    }
     for (f, &c) in top_counts.iter().enumerate() {
         if c > 0 {
             metrics
@@ -707,31 +645,15 @@ fn score_batch(
     Ok(Scored {
         metas: batch.metas,
         scores: out.scores,
-        thresholds,
-        anomalies,
-        normalized,
-        likelihood,
-        discord,
+        thresholds: v.thresholds,
+        anomalies: v.anomalies,
+        normalized: v.normalized,
+        likelihood: v.likelihood.iter().map(|&l| l as f32).collect(),
+        discord: v.discord.iter().map(|&d| d as f32).collect(),
         model_version: det.version(),
-        explanations,
+        explanations: v.explanations,
         features: batch.features,
     })
-}
-
-/// The `k` features with the largest share of the squared error, largest first.
-pub fn top_contributions(errors: &[f32], k: usize) -> Vec<Contribution> {
-    let total: f32 = errors.iter().sum();
-    let mut all: Vec<Contribution> = errors
-        .iter()
-        .enumerate()
-        .map(|(feature, &e)| Contribution {
-            feature,
-            share: if total > 0.0 { e / total } else { 0.0 },
-        })
-        .collect();
-    all.sort_unstable_by(|a, b| b.share.total_cmp(&a.share));
-    all.truncate(k);
-    all
 }
 
 /// How often the scorer looks for a new current version in the store.
@@ -770,22 +692,13 @@ pub fn run(
 mod tests {
     use super::*;
 
-    #[test]
-    fn contributions_are_shares_largest_first() {
-        let c = top_contributions(&[1.0, 6.0, 3.0], 2);
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[0].feature, 1);
-        assert!((c[0].share - 0.6).abs() < 1e-6);
-        assert_eq!(c[1].feature, 2);
-    }
-
     /// A key's likelihood keeps judging well when a model with another score scale takes
     /// over (as after a retraining promotion): it is fed calibrated scores, not raw ones.
     #[test]
     fn likelihood_survives_a_switch_to_a_model_with_another_score_scale() {
         use crate::config::ModelKind;
         use crate::model::detector::tests::{normal_rows, train_kind};
-        use crate::model::likelihood::LikelihoodParams;
+        use crate::model::likelihood::{ALERT_LEVEL, LikelihoodParams};
         let (mut a, mut b) = (train_kind(ModelKind::Dense), train_kind(ModelKind::Pca));
         // `b` the one with the larger scores: a drop in scale is the milder direction.
         if b.meta.center < a.meta.center {

@@ -1,8 +1,8 @@
 //! Continuous retraining: a bounded window of recent records judged normal
-//! ([`window::NormalWindow`]), a trainer thread that fits candidates without blocking the
+//! ([`normal_window::NormalWindow`]), a trainer thread that fits candidates without blocking the
 //! scorer ([`trainer`]), and the promotion gate that decides whether a candidate may serve
 //! ([`gate`]).
 
 pub mod gate;
+pub mod normal_window;
 pub mod trainer;
-pub mod window;

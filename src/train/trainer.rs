@@ -148,7 +148,7 @@ mod tests {
     use crate::config::ModelKind;
     use crate::model::detector::tests::{features, normal_rows, spec_for, train_kind};
     use crate::model::threshold::Threshold;
-    use crate::train::window::NormalWindow;
+    use crate::train::normal_window::NormalWindow;
 
     /// Streams `rows` through the serving model into a normal window, as the scorer does.
     fn window_of(serving: &Detector, rows: &[f32], margin: usize) -> NormalWindow {

@@ -8,8 +8,11 @@ use std::path::Path;
 use crate::cli::InputFormat;
 use crate::config::{ConfigError, InputShape, Settings};
 use crate::error::AppError;
+use crate::error::PipelineError;
+use crate::model::{ModelError, device};
 use crate::pipeline::Timestamp;
 use crate::pipeline::decode::{DecodeError, Decoded, Decoder};
+use crate::pipeline::shaper::Shaper;
 
 /// One input record: its 0-based index, what it decodes to, and its label when asked for.
 #[derive(Debug)]
@@ -182,6 +185,66 @@ pub fn read(
         }
     }
     Ok(())
+}
+
+pub(crate) fn model_err(e: ModelError) -> AppError {
+    PipelineError::from(e).into()
+}
+
+pub(crate) fn other(msg: String) -> AppError {
+    AppError::Io(std::io::Error::other(msg))
+}
+
+/// A file's decodable records as model vectors, in order.
+pub(crate) struct Loaded {
+    pub(crate) vectors: Vec<f32>,
+    pub(crate) labels: Vec<Option<bool>>,
+    /// The first input value of each record (plots).
+    pub(crate) values: Vec<f32>,
+    pub(crate) timestamps: Vec<Timestamp>,
+    pub(crate) undecodable: usize,
+}
+
+impl Loaded {
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
+}
+
+pub(crate) fn load(
+    settings: &Settings,
+    path: &Path,
+    format: InputFormat,
+    label: Option<&str>,
+) -> Result<Loaded, AppError> {
+    let mut shaper = Shaper::new(&settings.input);
+    let mut out = Loaded {
+        vectors: Vec::new(),
+        labels: Vec::new(),
+        values: Vec::new(),
+        timestamps: Vec::new(),
+        undecodable: 0,
+    };
+    read(settings, path, format, label, |row| {
+        match row.decoded {
+            Ok(d) => {
+                out.values
+                    .push(d.values.first().copied().unwrap_or_default());
+                out.vectors.extend(shaper.shape(d.key.as_deref(), d.values));
+                out.labels.push(row.label);
+                out.timestamps.push(d.timestamp);
+            }
+            Err(_) => out.undecodable += 1,
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn select_device(settings: &Settings) -> Result<tch::Device, AppError> {
+    let d = device::select(settings.runtime.device).map_err(model_err)?;
+    device::set_threads(settings.runtime.threads);
+    Ok(d)
 }
 
 #[cfg(test)]

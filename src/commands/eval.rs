@@ -1,5 +1,6 @@
-//! `anomalyd train` and `anomalyd eval`: the same decode, window and model code as the
-//! daemon, over files.
+//! `anomalyd eval`: trains a model per input file (or takes externally produced scores)
+//! and reports detection quality (AUROC, AUPRC, F1 at the model's threshold, the NAB
+//! score), through the daemon's own decode, window, model and decision code.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,112 +8,56 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::metrics::{auprc, auroc, best_f1};
-use super::nab::{self, LabelWindows, NabTimestamp, Profile};
-use super::plot::{PlotData, write_png};
-use crate::cli::{EvalArgs, InputFormat, TrainArgs};
+use anomalyd_detect::metrics::{auprc, auroc, best_f1};
+use anomalyd_detect::nab::{self, LabelWindows, NabTimestamp, Profile};
+
+use super::eval_plot::{PlotData, write_png};
+use super::files::{load, model_err, other, select_device};
+use crate::cli::EvalArgs;
 use crate::config::{Settings, ThresholdSpec};
-use crate::error::{AppError, PipelineError};
-use crate::input;
-use crate::model::likelihood::{ALERT_LEVEL, Likelihood, LikelihoodParams};
-use crate::model::{Detector, ModelError, device, store};
-use crate::pipeline::Timestamp;
-use crate::pipeline::window::Shaper;
+use crate::error::AppError;
+use crate::model::judge::{Judge, Verdicts};
+use crate::model::likelihood::{Keyed, LikelihoodParams};
+use crate::model::{Detector, ModelError};
 
-fn model_err(e: ModelError) -> AppError {
-    PipelineError::from(e).into()
-}
-
-fn other(msg: String) -> AppError {
-    AppError::Io(std::io::Error::other(msg))
-}
-
-/// A file's decodable records as model vectors, in order.
-struct Loaded {
-    vectors: Vec<f32>,
-    labels: Vec<Option<bool>>,
-    /// The first input value of each record (plots).
-    values: Vec<f32>,
-    timestamps: Vec<Timestamp>,
-    undecodable: usize,
-}
-
-impl Loaded {
-    fn len(&self) -> usize {
-        self.values.len()
-    }
-}
-
-fn load(
+/// Scores a series' rows with `det` and judges them in order, through the daemon's own
+/// decision path ([`Judge`]) configured as the daemon would be, except that the
+/// likelihood's warm-up is at most the training prefix (`first_eval` records): `eval`
+/// knows a series from its first record. Returns the scores and the verdicts.
+pub fn judge_series(
+    det: &Detector,
     settings: &Settings,
-    path: &Path,
-    format: InputFormat,
-    label: Option<&str>,
-) -> Result<Loaded, AppError> {
-    let mut shaper = Shaper::new(&settings.input);
-    let mut out = Loaded {
-        vectors: Vec::new(),
-        labels: Vec::new(),
-        values: Vec::new(),
-        timestamps: Vec::new(),
-        undecodable: 0,
-    };
-    input::read(settings, path, format, label, |row| {
-        match row.decoded {
-            Ok(d) => {
-                out.values
-                    .push(d.values.first().copied().unwrap_or_default());
-                out.vectors.extend(shaper.shape(d.key.as_deref(), d.values));
-                out.labels.push(row.label);
-                out.timestamps.push(d.timestamp);
-            }
-            Err(_) => out.undecodable += 1,
-        }
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-fn select_device(settings: &Settings) -> Result<tch::Device, AppError> {
-    let d = device::select(settings.runtime.device).map_err(model_err)?;
-    device::set_threads(settings.runtime.threads);
-    Ok(d)
-}
-
-pub fn train(settings: &Settings, args: &TrainArgs) -> Result<(), AppError> {
-    let device = select_device(settings)?;
-    let data = load(settings, &args.input, args.format, None)?;
-    let version = store::versions(&args.model_out)
-        .map_err(model_err)?
-        .last()
-        .map_or(1, |v| v + 1);
-    let det = Detector::train(
-        &data.vectors,
-        settings.input.feature_names(),
-        &settings.model,
-        settings.threshold,
-        version,
-        device,
-    )
-    .map_err(model_err)?;
-    let mut det = det;
-    det.meta.lineage.promotion = "train".into();
-    let path = store::save(&args.model_out, &det).map_err(model_err)?;
-    eprintln!(
-        "trained {} v{} on {} records ({} undecodable) in {:.1}s: loss {:.5}, threshold {:.5}; saved {}",
-        det.meta.spec.kind.as_str(),
-        version,
-        data.len(),
-        data.undecodable,
-        det.meta.training.duration_seconds,
-        det.meta.training.final_loss,
-        det.threshold(),
-        path.display()
-    );
-    if let Some(sel) = &det.meta.selected_features {
-        eprintln!("selected features: {}", sel.join(", "));
+    rows: &[f32],
+    first_eval: usize,
+) -> Result<(Vec<f32>, Verdicts), ModelError> {
+    let dim = det.dim();
+    let (mut scores, mut errors) = (Vec::new(), Vec::new());
+    for chunk in rows.chunks(65_536 * dim) {
+        let out = det.score(chunk)?;
+        scores.extend(out.scores);
+        errors.extend(out.feature_errors);
     }
-    Ok(())
+    let likelihood = match settings.threshold {
+        ThresholdSpec::Likelihood {
+            params, max_keys, ..
+        } => {
+            let warmup = if first_eval > 0 {
+                params.warmup.min(first_eval)
+            } else {
+                params.warmup
+            };
+            Some(Keyed::new(LikelihoodParams { warmup, ..params }, max_keys))
+        }
+        _ => None,
+    };
+    let mut judge = Judge::new(
+        det.meta.threshold.clone(),
+        likelihood,
+        settings.top_features,
+        settings.input.value_feature(),
+    );
+    let verdicts = judge.judge(det.scale(), &scores, &errors, rows, |_| None);
+    Ok((scores, verdicts))
 }
 
 #[derive(Debug, Serialize)]
@@ -250,47 +195,21 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
                 continue;
             }
         };
-        let mut scores = Vec::with_capacity(n);
-        for chunk in data.vectors.chunks(65_536 * dim) {
-            scores.extend(det.score(chunk).map_err(model_err)?.scores);
-        }
-        let mut threshold = det.meta.threshold.clone();
-        let (mut thresholds, mut anomalies, mut normalized) = (Vec::new(), Vec::new(), Vec::new());
-        for &s in &scores {
-            let (t, a) = threshold.judge(s);
-            thresholds.push(t);
-            anomalies.push(a);
-            normalized.push(det.normalize(s, t) as f64);
-        }
-        // With the likelihood, it decides the alerts and is the score NAB sees. Its warm-up
-        // is at most the training prefix (a series is known from its first row here).
-        let nab_scores = match settings.threshold {
-            ThresholdSpec::Likelihood { params, .. } => {
-                let warmup = if first_eval > 0 {
-                    params.warmup.min(first_eval)
-                } else {
-                    params.warmup
-                };
-                let mut l = Likelihood::new(LikelihoodParams { warmup, ..params });
-                let value = settings.input.value_feature();
-                let out: Vec<f64> = scores
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &s)| {
-                        let row = &data.vectors[i * dim..(i + 1) * dim];
-                        l.update_record(
-                            det.likelihood_input(s),
-                            row,
-                            value.map(|f| f64::from(row[f])),
-                        )
-                    })
-                    .collect();
-                for (a, &o) in anomalies.iter_mut().zip(&out) {
-                    *a = o >= ALERT_LEVEL;
-                }
-                out
-            }
-            _ => normalized.clone(),
+        let (scores, verdicts) =
+            judge_series(&det, settings, &data.vectors, first_eval).map_err(model_err)?;
+        let Verdicts {
+            thresholds,
+            anomalies,
+            normalized,
+            likelihood,
+            ..
+        } = verdicts;
+        // With the likelihood, it decides the alerts and is the score NAB sees; else the
+        // normalised score is.
+        let nab_scores = if likelihood.is_empty() {
+            normalized.iter().map(|&v| f64::from(v)).collect()
+        } else {
+            likelihood
         };
 
         // Labels: a column, or NAB windows by timestamp.
@@ -321,7 +240,8 @@ pub fn eval(settings: &Settings, args: &EvalArgs) -> Result<(), AppError> {
         let eval_idx: Vec<usize> = (first_eval..n).filter(|&i| labels[i].is_some()).collect();
         let ys: Vec<bool> = eval_idx.iter().map(|&i| labels[i] == Some(true)).collect();
         let ss: Vec<f64> = eval_idx.iter().map(|&i| scores[i] as f64).collect();
-        let metric = |r: Result<Option<f64>, super::metrics::MetricsError>| r.ok().flatten();
+        let metric =
+            |r: Result<Option<f64>, anomalyd_detect::metrics::MetricsError>| r.ok().flatten();
         let (tp, fp, fn_) = eval_idx
             .iter()
             .fold((0usize, 0usize, 0usize), |(tp, fp, fn_), &i| {
@@ -554,4 +474,135 @@ fn print_nab(n: &NabReport) {
         "NAB score over {} file(s): standard {:.1}, reward_low_fp {:.1}, reward_low_fn {:.1}",
         n.files, n.standard, n.reward_low_fp, n.reward_low_fn
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::{Activation, InputMode, ModelKind};
+    use crate::model::store;
+    use crate::pipeline::score::{self, Scorer, ScorerSettings};
+    use crate::pipeline::{Batch, Meta, Scored, Timestamp};
+    use crate::telemetry::Metrics;
+
+    /// One series through the daemon's scorer (fed batches over a channel, with the model
+    /// from its store, as the daemon runs it; no Kafka) and through `eval`'s path: the
+    /// verdicts are identical, record for record. Window mode with its default decision
+    /// (the likelihood fed window discords), a warm-up shorter than the training prefix
+    /// (where `eval`'s per-series warm-up is the configured one).
+    #[test]
+    fn eval_and_the_daemon_scorer_reach_identical_verdicts() {
+        let mut raw = crate::config::load_raw(None).expect("defaults");
+        raw.input.mode = InputMode::Window;
+        raw.input.features = vec!["value".into()];
+        raw.input.window.size = 8;
+        raw.input.window.differences = false;
+        raw.model.kind = ModelKind::Dense;
+        raw.model.hidden = vec![16, 3];
+        raw.model.activation = Activation::Tanh;
+        raw.model.epochs = 20;
+        raw.model.min_steps = 0;
+        raw.model.seed = 7;
+        raw.threshold.likelihood.warmup = 100;
+        let settings = Settings::validate(raw).expect("valid");
+        assert!(matches!(
+            settings.threshold,
+            ThresholdSpec::Likelihood { .. }
+        ));
+        // A periodic series in windows of 8, with a burst at record 900.
+        let series: Vec<f32> = (0..1_207)
+            .map(|i| (i as f32 * 0.3).sin() + if (900..903).contains(&i) { 4.0 } else { 0.0 })
+            .collect();
+        let rows: Vec<f32> = series.windows(8).flatten().copied().collect();
+        let n = rows.len() / 8;
+        let first_eval = 400;
+        tch::set_num_threads(1);
+        let det = Detector::train(
+            &rows[..first_eval * 8],
+            settings.input.feature_names(),
+            &settings.model,
+            settings.threshold,
+            1,
+            tch::Device::Cpu,
+        )
+        .expect("trains");
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        store::save(store_dir.path(), &det).expect("saves");
+
+        let (scores, eval) = judge_series(&det, &settings, &rows, first_eval).expect("judged");
+
+        let mut scorer = Scorer::new(
+            ScorerSettings {
+                features: settings.input.feature_names(),
+                model: settings.model.clone(),
+                threshold: settings.threshold,
+                top_features: settings.top_features,
+                device: tch::Device::Cpu,
+                store_dir: Some(store_dir.path().to_owned()),
+                keep: 3,
+                retrain: None,
+                value_feature: settings.input.value_feature(),
+                publish: None,
+            },
+            Arc::new(Metrics::new()),
+        )
+        .expect("scorer");
+        let (batches, batches_rx) = crossbeam_channel::bounded(4);
+        let (scored_tx, scored) = crossbeam_channel::unbounded::<Scored>();
+        let thread = std::thread::spawn(move || score::run(&mut scorer, batches_rx, scored_tx));
+        for (b, chunk) in rows.chunks(97 * 8).enumerate() {
+            let metas = (0..chunk.len() / 8)
+                .map(|i| Meta {
+                    partition: 0,
+                    offset: (b * 97 + i) as i64,
+                    key: None,
+                    timestamp: Timestamp::None,
+                })
+                .collect();
+            let batch = Batch {
+                metas,
+                features: chunk.to_vec(),
+            };
+            batches.send(batch).expect("scorer running");
+        }
+        drop(batches);
+        thread.join().expect("no panic").expect("scored");
+        let daemon: Vec<Scored> = scored.iter().collect();
+        let all = |f: fn(&Scored) -> Vec<f32>| daemon.iter().flat_map(f).collect::<Vec<_>>();
+
+        assert_eq!(all(|s| s.scores.clone()), scores);
+        let alerts_of = |a: &[bool]| (0..a.len()).filter(|&i| a[i]).collect::<Vec<_>>();
+        let daemon_anomalies: Vec<bool> = daemon.iter().flat_map(|s| s.anomalies.clone()).collect();
+        assert_eq!(alerts_of(&daemon_anomalies), alerts_of(&eval.anomalies));
+        assert_eq!(daemon_anomalies.len(), eval.anomalies.len());
+        assert_eq!(all(|s| s.thresholds.clone()), eval.thresholds);
+        assert_eq!(all(|s| s.normalized.clone()), eval.normalized);
+        let eval_likelihood: Vec<f32> = eval.likelihood.iter().map(|&l| l as f32).collect();
+        assert_eq!(all(|s| s.likelihood.clone()), eval_likelihood);
+        assert_eq!(eval.likelihood.len(), n);
+        let eval_discord: Vec<f32> = eval.discord.iter().map(|&d| d as f32).collect();
+        assert_eq!(all(|s| s.discord.clone()), eval_discord);
+        // Not vacuous: the burst is found, and explained the same way.
+        let alerts: Vec<usize> = (0..n).filter(|&i| eval.anomalies[i]).collect();
+        assert!(
+            alerts.iter().any(|i| (893..903).contains(i)),
+            "alerts at {alerts:?}"
+        );
+        let daemon_explanations: Vec<_> = daemon
+            .iter()
+            .scan(0, |base, s| {
+                let out: Vec<_> = s
+                    .explanations
+                    .iter()
+                    .map(|(i, why)| (*base + i, why.clone()))
+                    .collect();
+                *base += s.metas.len();
+                Some(out)
+            })
+            .flatten()
+            .collect();
+        assert_eq!(daemon_explanations, eval.explanations);
+    }
 }

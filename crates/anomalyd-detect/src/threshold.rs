@@ -1,11 +1,58 @@
 //! Thresholds calibrated on training scores: a fixed quantile, or SPOT/DSPOT extreme-value
-//! thresholds that keep adapting to the scores they see (see [`super::spot`]).
+//! thresholds that keep adapting to the scores they see (see [`crate::spot`]).
 
 use serde::{Deserialize, Serialize};
 
-use super::ModelError;
-use super::spot::{Dspot, Spot, SpotConfig};
-use crate::config::ThresholdSpec;
+use crate::likelihood::LikelihoodParams;
+use crate::spot::{Dspot, Spot, SpotConfig, SpotError};
+
+/// How a threshold is chosen: resolved from the configuration, saved in the model bundle.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ThresholdSpec {
+    Quantile {
+        quantile: f64,
+    },
+    Spot {
+        risk: f64,
+        init_level: f64,
+    },
+    Dspot {
+        risk: f64,
+        init_level: f64,
+        depth: usize,
+    },
+    /// Per key, the anomaly likelihood of the score stream decides (see
+    /// [`crate::likelihood`]); the `quantile` threshold only scales `normalized`.
+    Likelihood {
+        quantile: f64,
+        params: LikelihoodParams,
+        max_keys: usize,
+    },
+}
+
+impl ThresholdSpec {
+    /// What decides alerts, in a line (`check-config` shows what `auto` resolved to).
+    pub fn summary(&self) -> String {
+        match self {
+            ThresholdSpec::Quantile { quantile } => format!("quantile {quantile}"),
+            ThresholdSpec::Spot { risk, .. } => format!("spot, risk {risk}"),
+            ThresholdSpec::Dspot { risk, depth, .. } => {
+                format!("dspot, risk {risk}, depth {depth}")
+            }
+            ThresholdSpec::Likelihood { params, .. } => match params.discord {
+                Some(d) => format!(
+                    "likelihood fed window discords (memory {}, segment {}, refractory {})",
+                    d.memory, d.segment, params.refractory
+                ),
+                None => format!(
+                    "likelihood fed the model's score (refractory {})",
+                    params.refractory
+                ),
+            },
+        }
+    }
+}
 
 /// The q-quantile of `scores` with linear interpolation between order statistics
 /// (NumPy's default method). Returns NaN for no scores.
@@ -43,29 +90,29 @@ pub enum Threshold {
 
 impl Threshold {
     /// Fits the threshold on calibration scores.
-    pub fn calibrate(spec: ThresholdSpec, scores: &[f32]) -> Result<Self, ModelError> {
+    pub fn calibrate(spec: ThresholdSpec, scores: &[f32]) -> Result<Self, SpotError> {
         let calib: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
-        let spot_err = |e: super::spot::SpotError| ModelError::Threshold(e.to_string());
         Ok(match spec {
             ThresholdSpec::Quantile { quantile: q }
             | ThresholdSpec::Likelihood { quantile: q, .. } => Threshold::Fixed {
                 value: quantile(scores, q),
             },
             ThresholdSpec::Spot { risk, init_level } => Threshold::Spot {
-                spot: Box::new(
-                    Spot::fit_with_config(&calib, spot_config(risk, init_level))
-                        .map_err(spot_err)?,
-                ),
+                spot: Box::new(Spot::fit_with_config(
+                    &calib,
+                    spot_config(risk, init_level),
+                )?),
             },
             ThresholdSpec::Dspot {
                 risk,
                 init_level,
                 depth,
             } => Threshold::Dspot {
-                dspot: Box::new(
-                    Dspot::fit_with_config(&calib, depth, spot_config(risk, init_level))
-                        .map_err(spot_err)?,
-                ),
+                dspot: Box::new(Dspot::fit_with_config(
+                    &calib,
+                    depth,
+                    spot_config(risk, init_level),
+                )?),
             },
         })
     }

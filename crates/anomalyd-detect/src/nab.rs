@@ -144,7 +144,7 @@ pub enum NabError {
         /// The offending text.
         text: String,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
     /// The labels file has no entry for a data file.
     #[error("no label windows for {0:?}")]
@@ -246,110 +246,66 @@ impl Profile {
 )]
 pub struct NabTimestamp(pub i64);
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant, "chrono-Compatible
-/// Low-Level Date Algorithms", `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12; // March = 0
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+type Format = Vec<time::format_description::BorrowedFormatItem<'static>>;
 
-/// Inverse of [`days_from_civil`] (Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-const MICROS_PER_SEC: i64 = 1_000_000;
-const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SEC;
+/// `YYYY-MM-DD HH:MM:SS`, and the same with a fraction of 1 to 9 digits (finer than
+/// microseconds is refused when parsing).
+static TIMESTAMP_FORMATS: std::sync::LazyLock<(Format, Format)> = std::sync::LazyLock::new(|| {
+    let parse = |text| {
+        time::format_description::parse_borrowed::<1>(text).expect("a valid format description")
+    };
+    (
+        parse("[year]-[month]-[day] [hour]:[minute]:[second]"),
+        parse("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:1+]"),
+    )
+});
 
 impl FromStr for NabTimestamp {
     type Err = NabError;
 
     fn from_str(text: &str) -> Result<Self, NabError> {
-        let err = |reason| NabError::Timestamp {
+        let err = |reason: String| NabError::Timestamp {
             text: text.to_owned(),
             reason,
         };
-        let b = text.trim().as_bytes();
-        if b.len() < 19 {
-            return Err(err("too short"));
-        }
-        let num = |range: std::ops::Range<usize>| -> Result<i64, NabError> {
-            let digits = &b[range];
-            if digits.iter().all(u8::is_ascii_digit) {
-                Ok(digits
-                    .iter()
-                    .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
-            } else {
-                Err(err("expected digits"))
-            }
+        // ISO 8601's `T` between date and time reads like NAB's space.
+        let trimmed = text.trim();
+        let normalised = match trimmed.as_bytes().get(10) {
+            Some(b'T') => format!("{} {}", &trimmed[..10], &trimmed[11..]),
+            _ => trimmed.to_owned(),
         };
-        if b[4] != b'-' || b[7] != b'-' || !(b[10] == b' ' || b[10] == b'T') {
-            return Err(err("expected YYYY-MM-DD HH:MM:SS"));
-        }
-        if b[13] != b':' || b[16] != b':' {
-            return Err(err("expected YYYY-MM-DD HH:MM:SS"));
-        }
-        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-        let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&month) {
-            return Err(err("month out of range"));
-        }
-        let month_len = match month {
-            2 if is_leap(year) => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            _ => 31,
+        let (whole, fraction) = &*TIMESTAMP_FORMATS;
+        let format = if normalised.len() > 19 {
+            fraction
+        } else {
+            whole
         };
-        if !(1..=month_len).contains(&day) {
-            return Err(err("day out of range"));
+        let at =
+            time::PrimitiveDateTime::parse(&normalised, format).map_err(|e| err(e.to_string()))?;
+        if at.nanosecond() % 1000 != 0 {
+            return Err(err("finer than microseconds".into()));
         }
-        if hour > 23 || minute > 59 || second > 59 {
-            return Err(err("time of day out of range"));
-        }
-        let mut micros = 0i64;
-        if b.len() > 19 {
-            let frac = &b[20..];
-            if b[19] != b'.' || frac.is_empty() || frac.len() > 6 {
-                return Err(err("fraction must be '.' and 1 to 6 digits"));
-            }
-            micros = num(20..b.len())? * 10i64.pow(6 - frac.len() as u32);
-        }
-        let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-        Ok(Self(secs * MICROS_PER_SEC + micros))
+        let micros = at.assume_utc().unix_timestamp_nanos() / 1000;
+        i64::try_from(micros)
+            .map(Self)
+            .map_err(|_| err("out of range".into()))
     }
 }
 
 impl fmt::Display for NabTimestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let days = self.0.div_euclid(MICROS_PER_DAY);
-        let in_day = self.0.rem_euclid(MICROS_PER_DAY);
-        let (y, m, d) = civil_from_days(days);
-        let secs = in_day / MICROS_PER_SEC;
-        let micros = in_day % MICROS_PER_SEC;
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1000)
+            .map_err(|_| fmt::Error)?;
         write!(
             f,
-            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{micros:06}",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second(),
+            at.microsecond()
         )
     }
 }
@@ -364,42 +320,41 @@ pub struct DataFile {
 }
 
 impl DataFile {
-    /// Parses a NAB data CSV: a `timestamp,value` header, then one record per line.
-    /// Blank lines are skipped.
+    /// Parses a NAB data CSV (the `csv` crate): a `timestamp,value` header, then one
+    /// record per line. Blank lines are skipped.
     ///
     /// # Errors
     /// [`NabError::Csv`] or [`NabError::Timestamp`] for a malformed line.
     pub fn parse(text: &str) -> Result<Self, NabError> {
-        let mut lines = text.lines().enumerate();
-        let header_ok = lines
-            .next()
-            .map(|(_, h)| h.trim().trim_start_matches('\u{feff}') == "timestamp,value");
-        if header_ok != Some(true) {
-            return Err(NabError::Csv {
-                line: 1,
-                reason: "expected header 'timestamp,value'".into(),
-            });
+        let csv_err = |line: u64, reason: String| NabError::Csv {
+            line: usize::try_from(line).unwrap_or(usize::MAX),
+            reason,
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let header = reader
+            .headers()
+            .map_err(|e| csv_err(1, e.to_string()))?
+            .iter()
+            .map(|h| h.trim_start_matches('\u{feff}'))
+            .collect::<Vec<_>>();
+        if header != ["timestamp", "value"] {
+            return Err(csv_err(1, "expected header 'timestamp,value'".into()));
         }
         let mut timestamps = Vec::new();
         let mut values = Vec::new();
-        for (i, line) in lines {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            let csv_err = |reason: String| NabError::Csv {
-                line: i + 1,
-                reason,
-            };
-            let (ts, value) = line
-                .split_once(',')
-                .ok_or_else(|| csv_err("expected two fields".into()))?;
-            timestamps.push(ts.parse()?);
+        for record in reader.records() {
+            let record = record.map_err(|e| {
+                let line = e.position().map_or(0, csv::Position::line);
+                csv_err(line, e.to_string())
+            })?;
+            let line = record.position().map_or(0, csv::Position::line);
+            timestamps.push(record[0].parse()?);
             values.push(
-                value
-                    .trim()
+                record[1]
                     .parse::<f64>()
-                    .map_err(|e| csv_err(format!("value {value:?}: {e}")))?,
+                    .map_err(|e| csv_err(line, format!("value {:?}: {e}", &record[1])))?,
             );
         }
         Ok(Self { timestamps, values })

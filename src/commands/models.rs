@@ -38,10 +38,9 @@ pub fn run(settings: &Settings, args: &ModelsArgs) -> Result<(), AppError> {
         }
         ModelsAction::Show { version } => {
             let m = store::read_meta(&dir, *version).map_err(err)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&m).map_err(std::io::Error::other)?
-            );
+            // As stored: the bundle format's model.json.
+            let text = crate::model::bundle::encode(&m).map_err(std::io::Error::other)?;
+            println!("{}", String::from_utf8_lossy(&text));
         }
         ModelsAction::Revert { version } => {
             let before = store::current(&dir).map_err(err)?;

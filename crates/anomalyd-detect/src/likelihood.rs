@@ -15,7 +15,7 @@
 //! learning skip `L = ⌊P/2⌋`:
 //!
 //! 0. **Input.** `s_t` is the model's score, or, with [`LikelihoodParams::discord`] set,
-//!    the discord distance of the record's window ([`crate::model::discord`];
+//!    the discord distance of the record's window ([`crate::discord`];
 //!    [`Likelihood::update_record`]). Everything below is the same for both.
 //!
 //! 1. **Short-term mean.** `a_t` is the mean of the last `min(t+1, average)` raw scores.
@@ -82,11 +82,11 @@
 //! `E[a²] − μ²` cancels catastrophically when `σ ≪ |μ|`, and a constant series could then
 //! get a small non-zero `σ` instead of exactly `0`. Fed discords, the series also keeps
 //! its window memory, which dominates both the state and the cost (see
-//! [`crate::model::discord`]).
+//! [`crate::discord`]).
 
 use std::collections::VecDeque;
 
-use crate::model::discord::{Discord, DiscordParams};
+use crate::discord::{Discord, DiscordParams};
 
 /// Output level at which to alert: "`q = red`" with the default `red = 1e-5`, since
 /// `out ≈ ln(q')/ln(1e-10)`. Because of the `1e-10` offset, `q' = 1e-5` itself gives
@@ -126,7 +126,7 @@ pub struct LikelihoodParams {
     /// Records after a red record during which a red record is reported yellow (step 5;
     /// 1 is nupic's filter, 0 none).
     pub refractory: usize,
-    /// Feed the series' window discord distance ([`crate::model::discord`]) instead of the
+    /// Feed the series' window discord distance ([`crate::discord`]) instead of the
     /// model's score. `None` feeds the score.
     pub discord: Option<DiscordParams>,
 }

@@ -7,8 +7,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::threshold::quantile;
-use crate::config::ScalerKind;
+use crate::threshold::quantile;
+
+/// How the features are centred and scaled before the network sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalerKind {
+    /// (x - mean) / standard deviation.
+    #[default]
+    Standard,
+    /// (x - median) / (IQR / 1.349): the training data's outliers barely move it.
+    Robust,
+}
 
 /// Features with a smaller spread than this are treated as constant (scale 1).
 const MIN_STD: f64 = 1e-6;

@@ -6,14 +6,14 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::sync::Arc;
 
+use super::files;
 use crate::cli::ScoreArgs;
 use crate::config::Settings;
 use crate::error::{AppError, PipelineError};
-use crate::input;
 use crate::model::{ModelError, device};
 use crate::pipeline::output::{encode, score_message};
 use crate::pipeline::score::{Scorer, ScorerSettings};
-use crate::pipeline::window::Shaper;
+use crate::pipeline::shaper::Shaper;
 use crate::pipeline::{Batch, Meta, Record, Scored};
 use crate::telemetry::Metrics;
 
@@ -96,7 +96,7 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
     let dim = settings.input.dim();
     let mut batch = Batch::with_capacity(max, dim);
     let started = std::time::Instant::now();
-    input::read(settings, &args.input, args.format, None, |row| {
+    files::read(settings, &args.input, args.format, None, |row| {
         writer.summary.records += 1;
         match row.decoded {
             Ok(d) => {
