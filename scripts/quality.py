@@ -2,22 +2,21 @@
 """Detection-quality benchmark: every anomalyd model variant next to PyOD's AutoEncoder
 and IForest on the labelled data in ../shared/data (NAB, ODDS tables, SKAB), same splits,
 same run; on NAB also with the anomaly likelihood (`[threshold] kind = "likelihood"`, window
-16), which PyOD's scores get from tests/fixtures/likelihood/postprocess.py. Driven by
+16), which PyOD's scores get from crates/anomalyd-detect/tests/fixtures/likelihood/postprocess.py. Driven by
 scripts/quality.sh, which sets up the Python environment.
 
     quality.py run --data DIR --work DIR --bin ANOMALYD --out docs/quality.md --extra-wheel WHL
                    [--jobs 2] [--epochs 60]
-    quality.py pyod --data DIR --work DIR --family nab|odds|skab|extra --model ae|iforest|pca-replica
-                    [--likelihood] --epochs N --out F.json
+    quality.py pyod --data DIR --work DIR --bin ANOMALYD --family nab|odds|skab|extra
+                    --model ae|iforest|pca-replica [--likelihood] --epochs N --out F.json
     quality.py report --data DIR --work DIR --bin ANOMALYD --out docs/quality.md
-    quality.py selftest
 
 `run` prepares the inputs (split and converted CSVs, one config per variant), runs every
 job (anomalyd evals and PyOD fits) on `--jobs` single-threaded workers, and writes the
 markdown report. `pyod` is one PyOD job (a subprocess of `run`, so it can be timed and run
 in parallel). `report` rewrites the markdown from an earlier run's WORK/results (after
-editing the report code only). `selftest` checks the Python NAB scorer (used for PyOD's NAB score) against
-the hand-computed cases of anomalyd's src/eval/nab.rs tests.
+editing the report code only). Every NAB score, PyOD's included, comes from anomalyd's own
+NAB scorer (`anomalyd eval --labels`, or `anomalyd eval --scores` for PyOD's per-record scores).
 """
 
 import argparse
@@ -175,10 +174,10 @@ def discord_settings():
 
 def likelihood(scores, values, train_rows):
     """What `anomalyd eval` feeds NAB with `kind = "likelihood"`, from one series' raw
-    per-row scores: tests/fixtures/likelihood/postprocess.py (bit-compatible with
-    src/model/likelihood.rs), warm-up min(warmup, training rows), `values` the newest raw
+    per-row scores: crates/anomalyd-detect/tests/fixtures/likelihood/postprocess.py (bit-compatible with
+    crates/anomalyd-detect/src/likelihood.rs), warm-up min(warmup, training rows), `values` the newest raw
     value of each window, the output clamped to [0, 1] as in the Rust port."""
-    reference = str(ROOT / "tests" / "fixtures" / "likelihood")
+    reference = str(ROOT / "crates" / "anomalyd-detect" / "tests" / "fixtures" / "likelihood")
     if reference not in sys.path:
         sys.path.insert(0, reference)
     from postprocess import postprocess
@@ -195,160 +194,36 @@ def likelihood(scores, values, train_rows):
     return [min(max(o, 0.0), 1.0) for o in out]
 
 
-# ---------------------------------------------------------------------------------------
-# NAB scoring: a line-by-line port of anomalyd's src/eval/nab.rs (itself a re-implementation
-# of numenta/NAB's sweeper/scorer/optimizer/normalize). Used for PyOD's NAB score only;
-# anomalyd's own NAB scores come from `anomalyd eval --labels`.
-# ---------------------------------------------------------------------------------------
-
-PROFILES = {  # config/profiles.json: (tp, fp, fn)
-    "standard": (1.0, 0.11, 1.0),
-    "reward_low_fp": (1.0, 0.22, 1.0),
-    "reward_low_fn": (1.0, 0.11, 2.0),
-}
+PROFILES = ("standard", "reward_low_fp", "reward_low_fn")  # NAB's application profiles
 
 
 def probationary_length(n):
+    """NAB's probationary period of a series of n records (for the report's notes)."""
     return int(math.ceil(min(math.floor(0.15 * n), 0.15 * 5000)))
 
 
-def scaled_sigmoid(y):
-    if y > 3.0:
-        return -1.0
-    return 2.0 * (1.0 / (1.0 + math.exp(5.0 * y))) - 1.0
-
-
-def scored_rows(scores, windows, profile):
-    """[(score, weight, window index or None)] for the post-probation records."""
-    tp_w, fp_w, _ = profile
-    max_tp = scaled_sigmoid(-1.0)
-    first = probationary_length(len(scores))
-    rows, nxt, prev = [], 0, None
-    for i in range(len(scores)):
-        cur = None
-        if nxt < len(windows) and windows[nxt][0] <= i <= windows[nxt][1]:
-            cur = windows[nxt]
-        if cur is not None:
-            s, e = cur
-            width = e - s + 1
-            weight = scaled_sigmoid(-(e - i + 1) / width) * tp_w / max_tp
-        elif prev is not None:
-            end, width = prev
-            weight = scaled_sigmoid((i - end) / max(width - 1.0, 1.0)) * fp_w
-        else:
-            weight = -fp_w
-        if i >= first:
-            rows.append((scores[i], weight, nxt if cur is not None else None))
-        if cur is not None and i == cur[1]:
-            prev = (cur[1], float(cur[1] - cur[0] + 1))
-            nxt += 1
-    return rows
-
-
-def score_series(scores, windows, threshold, profile):
-    _, _, fn_w = profile
-    best = [None] * len(windows)
-    fp_sum = 0.0
-    for score, weight, w in scored_rows(scores, windows, profile):
-        hit = score >= threshold
-        if w is not None:
-            if best[w] is None:
-                best[w] = -fn_w
-            if hit:
-                best[w] = max(best[w], weight)
-        elif hit:
-            fp_sum += weight
-    return fp_sum + sum(b for b in best if b is not None)
-
-
-def baselines(corpus, profile):
-    tp_w, _, fn_w = profile
-    scorable = total = 0
-    for scores, windows in corpus:
-        first = probationary_length(len(scores))
-        total += len(windows)
-        scorable += sum(1 for (_, e) in windows if e >= first)
-    return -fn_w * scorable, tp_w * total
-
-
-def corpus_score(corpus, profile):
-    """NAB's optimise + score + normalise: (normalised score, threshold)."""
-    _, _, fn_w = profile
-    rows, window_value, base = [], [], 0
-    for scores, windows in corpus:
-        window_value.extend([float("nan")] * len(windows))
-        for score, weight, w in scored_rows(scores, windows, profile):
-            gw = None if w is None else base + w
-            if gw is not None:
-                window_value[gw] = -fn_w
-            rows.append((score, weight, gw))
-        base += len(windows)
-    rows.sort(key=lambda r: -r[0])  # stable, like Rust's sort_by
-    null_total = sum(v for v in window_value if not math.isnan(v))
-    window_sum, fp_sum = null_total, 0.0
-    best_t, best_s = float("inf"), null_total
-    i = 0
-    while i < len(rows):
-        t = rows[i][0]
-        while i < len(rows) and rows[i][0] == t:
-            _, weight, w = rows[i]
-            if w is not None:
-                if weight > window_value[w]:
-                    window_sum += weight - window_value[w]
-                    window_value[w] = weight
-            else:
-                fp_sum += weight
-            i += 1
-        if fp_sum + window_sum > best_s:
-            best_s, best_t = fp_sum + window_sum, t
-    raw = sum(score_series(s, w, best_t, profile) for s, w in corpus)
-    null, perfect = baselines(corpus, profile)
-    return 100.0 * (raw - null) / (perfect - null), best_t
-
-
-def selftest():
-    """Hand-computed cases from anomalyd's src/eval/nab.rs tests."""
-    std = PROFILES["standard"]
-    close = lambda a, b: abs(a - b) < 1e-9 * (1 + max(abs(a), abs(b)))  # noqa: E731
-
-    def series(n, hits):
-        s = [0.0] * n
-        for h in hits:
-            s[h] = 1.0
-        return s
-
-    assert abs(scaled_sigmoid(-1.0) - 0.98661) < 1e-5
-    assert abs(scaled_sigmoid(-0.5) - 0.84828) < 1e-5
-    assert [probationary_length(n) for n in (0, 10, 100, 4032, 5000, 22695)] == \
-        [0, 1, 15, 604, 750, 750]
-    w = [(40, 49)]
-    m = scaled_sigmoid(-1.0)
-    assert close(score_series(series(100, [40]), w, 0.5, std), 1.0)
-    assert close(score_series(series(100, [45]), w, 0.5, std), scaled_sigmoid(-0.5) / m)
-    assert close(score_series(series(100, [45, 47]), w, 0.5, std), scaled_sigmoid(-0.5) / m)
-    assert close(score_series(series(100, []), w, 0.5, std), -1.0)
-    assert close(score_series(series(100, [20]), w, 0.5, std), -1.11)
-    assert close(score_series(series(100, [40, 58]), w, 0.5, std), 1.0 + 0.11 * scaled_sigmoid(1.0))
-    assert close(score_series(series(100, [40, 90]), w, 0.5, std), 0.89)
-    assert close(score_series(series(100, [3, 14, 40]), w, 0.5, std), 1.0)
-    assert close(score_series(series(100, [20]), w, 0.5, PROFILES["reward_low_fp"]), -1.22)
-    assert close(score_series(series(100, [20]), w, 0.5, PROFILES["reward_low_fn"]), -2.11)
-    ww = [(20, 29), (50, 53)]
-    assert close(score_series(series(100, [20, 50, 60]), ww, 0.5, std),
-                 2.0 + 0.11 * scaled_sigmoid(7.0 / 3.0))
-    assert close(score_series(series(100, [20, 35, 50]), ww, 0.5, std),
-                 2.0 + 0.11 * scaled_sigmoid(6.0 / 9.0))
-    # Corpus: null detector 0, perfect detector 100, for every profile.
-    specs = [(200, [(60, 79), (150, 169)]), (1000, [(500, 599)]),
-             (6000, [(3000, 3299), (5000, 5299)]), (300, [])]
-    for p in PROFILES.values():
-        null = [([0.5] * n, w) for n, w in specs]
-        assert abs(corpus_score(null, p)[0]) < 1e-12
-        perfect = [(series(n, [s for s, _ in w]), w) for n, w in specs]
-        assert close(corpus_score(perfect, p)[0], 100.0)
-    # ARTime's published raw standard score normalises to its published 74.85.
-    assert abs(100 * (57.66 + 116) / 232 - 74.85) < 0.01
-    print("NAB scorer selftest: ok")
+def nab_scores_by_anomalyd(binary, data, corpus, csv_path):
+    """NAB scores of externally produced per-record scores, by anomalyd's own NAB scorer
+    (`anomalyd eval --scores`): `corpus` is [(NAB key, timestamps, scores)]. Returns
+    {profile: normalised score}."""
+    with open(csv_path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["series", "timestamp", "score"])
+        for rel, ts, scores in corpus:
+            out.writerows((rel, str(t), repr(float(v))) for t, v in zip(ts, scores))
+    report = Path(str(csv_path) + ".json")
+    argv = [str(binary), "eval", "--scores", str(csv_path),
+            "--labels", str(Path(data) / "NAB" / "labels" / "combined_windows.json"),
+            "--report", str(report)]
+    for rel, _, _ in corpus:
+        argv += ["--input", str(Path(data) / "NAB" / "data" / rel)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"anomalyd eval --scores failed: {done.stderr.strip()}")
+    nab = json.loads(report.read_text())["nab"]
+    if nab["files"] != len(corpus):
+        sys.exit(f"anomalyd eval --scores scored {nab['files']} of {len(corpus)} series")
+    return {p: nab[p] for p in PROFILES}
 
 
 # ---------------------------------------------------------------------------------------
@@ -618,7 +493,7 @@ def pyod_job(args):
         if args.likelihood:
             out["likelihood"] = likelihood_params()
         for rel in nab_files(data):
-            _, vals, windows = nab_series(data, rel, windows_json)
+            ts, vals, windows = nab_series(data, rel, windows_json)
             x = windows_of(vals, NAB_LIK_WINDOW if args.likelihood else NAB_WINDOW)
             n = len(vals)
             k = min(max(int(math.ceil(NAB_TRAIN_FRACTION * n)), min(2, n)), n)
@@ -629,13 +504,13 @@ def pyod_job(args):
                 c, t = np.quantile(train_scores, 0.5), np.quantile(train_scores, QUANTILE)
                 fed = ((scores - c) / (t - c) if abs(t - c) > np.finfo(np.float32).eps
                        else 0 * scores).tolist()
-            corpus.append((fed, windows))
+            corpus.append((rel, ts, fed))
             labels = np.zeros(n, dtype=bool)
             for s, e in windows:
                 labels[s:e + 1] = True
             m = metrics(scores[k:], labels[k:])
             out["files"].append({"file": rel, **(m or {})})
-        out["nab"] = {p: corpus_score(corpus, prof)[0] for p, prof in PROFILES.items()}
+        out["nab"] = nab_scores_by_anomalyd(args.bin, data, corpus, Path(args.out + ".scores.csv"))
     elif args.family in ("odds", "extra"):
         for name in ODDS_TABLES if args.family == "odds" else EXTRA_TABLES:
             tr = np.loadtxt(work / "odds" / odds_csv(name, "train", args.split), delimiter=",",
@@ -678,7 +553,6 @@ def run(args):
 
     t0 = time.time()
     load_start = os.getloadavg()
-    selftest()
     data, work = Path(args.data).resolve(), Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     for sub in ("results", "logs"):
@@ -735,7 +609,7 @@ def run(args):
         ours(f"skab_{v}", f"skab_{v}", [*skab_inputs, "--train-records", str(SKAB_TRAIN_ROWS),
                                         "--label-column", "anomaly"], 0.3)
     me = [sys.executable, os.path.abspath(__file__), "pyod", "--data", str(data),
-          "--work", str(work), "--epochs", str(args.epochs)]
+          "--work", str(work), "--bin", str(binary), "--epochs", str(args.epochs)]
     pyod_runs = [("nab", m, suffix) for m in [*PYOD_MODELS, "pca-replica"] for suffix in ("", LIK)]
     pyod_runs += [(f, m, "") for f in ("odds", "skab", "extra") for m in PYOD_MODELS]
     pyod_runs += [("odds", m, f"s{seed}") for m in PYOD_MODELS for seed in ODDS_HELD_OUT]
@@ -1118,9 +992,8 @@ def write_report(args, data, work):
       "\"likelihood\", the score fed to NAB is each "
       "series' score normalised by its own training scores, `(s − median) / (q0.995 − "
       "median)` (anomalyd's `normalized` output). anomalyd's NAB score comes from `anomalyd "
-      "eval --labels`; PyOD's from the same normalisation and a Python port of anomalyd's "
-      "`src/eval/nab.rs` in `quality.py` (checked by `quality.py selftest` and the cross-check "
-      "below). AUROC/AUPRC: per series over the rows after the training prefix, a row being "
+      "eval --labels`; PyOD's from the same normalisation, scored by the same NAB scorer "
+      "(`anomalyd eval --scores`, `crates/anomalyd-detect/src/nab.rs`). AUROC/AUPRC: per series over the rows after the training prefix, a row being "
       "positive inside a label window, then the mean over the "
       f"{nab_with_windows(data)} series that have label windows.")
     lp = (load(work, f"pyod_nab_pca-replica_{LIK}") or {}).get("likelihood") or likelihood_params()
@@ -1141,8 +1014,8 @@ def write_report(args, data, work):
       "all earlier values of the series (Numenta's \"spatial anomaly\"). These parameters "
       "are `config/default.toml`'s `[threshold.likelihood]`, written out in every likelihood "
       "config. anomalyd's NAB score comes from `anomalyd eval --labels`, which feeds NAB the "
-      "likelihood; PyOD's from the Python reference `tests/fixtures/likelihood/postprocess.py` "
-      "(bit-compatible with `src/model/likelihood.rs`; its outputs clamped to [0, 1] as "
+      "likelihood; PyOD's from the Python reference `crates/anomalyd-detect/tests/fixtures/likelihood/postprocess.py` "
+      "(bit-compatible with `crates/anomalyd-detect/src/likelihood.rs`; its outputs clamped to [0, 1] as "
       "there) over PyOD's raw per-row scores on the same window-16 inputs, with the same "
       "warm-up and values, then the same Python NAB scorer. AUROC/AUPRC of these rows are "
       "those of the raw window-16 score (as `anomalyd eval` computes them): the likelihood "
@@ -1165,7 +1038,7 @@ def write_report(args, data, work):
       f"compared by the means of their runs of `segment` = {d['segment']}) to the nearest of the "
       f"series' last `memory` = {d['memory']} earlier windows that do not overlap it (the left "
       "matrix profile, Yeh et al. 2016, without z-normalisation, on a piecewise aggregate "
-      "approximation, Keogh et al. 2001; `src/model/discord.rs`); and a red record within "
+      "approximation, Keogh et al. 2001; `crates/anomalyd-detect/src/discord.rs`); and a red record within "
       f"`refractory` = {d['refractory']} records of an earlier red is reported yellow, so an "
       "episode alerts once (nupic's filter is `refractory` = 1). A window whose shape "
       "and level the series has shown recently scores near 0, whatever happened in the "
@@ -1281,8 +1154,8 @@ def write_report(args, data, work):
             checks.append(f"{what}: replica {fmt(rep)}; `anomalyd eval` {fmt(pca)}")
     if checks:
         w("Cross-check of the Python side used for PyOD: a numpy replica of anomalyd's `pca` "
-          "model, scored by `quality.py`'s NAB port (and, for the likelihood, "
-          "`postprocess.py`), against `anomalyd eval` with `kind = \"pca\"` (NAB standard / "
+          "model (and, for the likelihood, `postprocess.py`), scored through `anomalyd eval "
+          "--scores`, against `anomalyd eval` with `kind = \"pca\"` (NAB standard / "
           "low FP / low FN): " + "; ".join(checks) + ". float32 vs float64 arithmetic "
           "accounts for small differences.\n")
 
@@ -1503,6 +1376,7 @@ def main():
     p = sub.add_parser("pyod")
     p.add_argument("--data", required=True)
     p.add_argument("--work", required=True)
+    p.add_argument("--bin", required=True, help="the anomalyd binary (its NAB scorer scores PyOD)")
     p.add_argument("--family", choices=["nab", "odds", "skab", "extra"], required=True)
     p.add_argument("--model", choices=["ae", "iforest", "pca-replica"], required=True)
     p.add_argument("--likelihood", action="store_true",
@@ -1517,16 +1391,13 @@ def main():
     rr.add_argument("--jobs", type=int, default=2)
     rr.add_argument("--epochs", type=int, default=60)
     rr.add_argument("--command", default="")
-    sub.add_parser("selftest")
     a = ap.parse_args()
     if a.cmd == "run":
         sys.exit(run(a))
     elif a.cmd == "report":
         write_report(a, Path(a.data).resolve(), Path(a.work).resolve())
-    elif a.cmd == "pyod":
-        pyod_job(a)
     else:
-        selftest()
+        pyod_job(a)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # IForest on the labelled data in ../shared/data (NAB, ODDS tables, SKAB) and three further
 # outlier tables shipped in a PyPI package (kenchi 0.10.0), same splits, same run; on NAB
 # also with the anomaly likelihood (`[threshold] kind = "likelihood"`, applied to PyOD's
-# scores by tests/fixtures/likelihood/postprocess.py). Writes docs/quality.md.
+# scores by crates/anomalyd-detect/tests/fixtures/likelihood/postprocess.py). Writes docs/quality.md.
 # Idempotent: every run rebuilds its work folder and the report.
 #
 #   scripts/quality.sh
