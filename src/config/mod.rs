@@ -348,7 +348,7 @@ mod tests {
             }
         }
         assert_eq!(keyed.keys(), fit);
-        assert_eq!(keyed.evictions(), (9 * fit) as u64);
+        assert_eq!(keyed.take_evictions(), (9 * fit) as u64);
         let crate::pipeline::shaper::Shaper::Window(w) = &shaper else {
             panic!("window mode")
         };

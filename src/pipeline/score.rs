@@ -617,11 +617,8 @@ fn score_batch(
     if let Some(k) = judge.likelihood() {
         metrics.likelihood_keys.set(k.keys() as i64);
         metrics.set_state_keys(1, k.keys());
-        let seen = metrics.likelihood_evictions.get();
-        metrics
-            .likelihood_evictions
-            .inc_by(k.evictions().saturating_sub(seen));
     }
+    metrics.likelihood_evictions.inc_by(judge.take_evictions());
     metrics
         .scoring_duration
         .observe(started.elapsed().as_secs_f64());

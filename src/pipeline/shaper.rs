@@ -88,9 +88,10 @@ impl Windower {
         }
     }
 
-    /// Keys evicted so far to stay within `max_keys`.
-    pub fn evictions(&self) -> u64 {
-        self.evictions
+    /// Keys evicted to stay within `max_keys` since the last call (for a counter that its
+    /// owner increments by what happened, never sets).
+    pub fn take_evictions(&mut self) -> u64 {
+        std::mem::take(&mut self.evictions)
     }
 
     pub fn keys(&self) -> usize {
@@ -129,7 +130,8 @@ mod tests {
         w.push(Some("a"), 2.0);
         w.push(Some("c"), 1.0); // evicts b, the least recently seen
         assert_eq!(w.keys(), 2);
-        assert_eq!(w.evictions(), 1);
+        assert_eq!(w.take_evictions(), 1);
+        assert_eq!(w.take_evictions(), 0);
         assert_eq!(w.push(Some("a"), 3.0), vec![2.0, 3.0]);
         assert_eq!(w.push(Some("b"), 5.0), vec![5.0, 5.0], "b starts over");
     }

@@ -194,7 +194,7 @@ impl Source {
                 }
             }
             if last_store.elapsed() >= STORE_EVERY {
-                self.flush_metrics(&mut consumed, &shaper);
+                self.flush_metrics(&mut consumed, &mut shaper);
                 self.store(&mut stored);
                 last_store = Instant::now();
                 // Besides librdkafka's commit every kafka.commit_interval, commit as soon as
@@ -212,7 +212,7 @@ impl Source {
                 }
             }
         };
-        self.flush_metrics(&mut consumed, &shaper);
+        self.flush_metrics(&mut consumed, &mut shaper);
         drop(records);
         drop(dead);
         self.finish(&mut stored);
@@ -261,7 +261,7 @@ impl Source {
         paused.clear();
     }
 
-    fn flush_metrics(&self, consumed: &mut u64, shaper: &Shaper) {
+    fn flush_metrics(&self, consumed: &mut u64, shaper: &mut Shaper) {
         self.metrics
             .records_consumed
             .inc_by(std::mem::take(consumed));
@@ -271,10 +271,7 @@ impl Source {
         if let Shaper::Window(w) = shaper {
             self.metrics.window_keys.set(w.keys() as i64);
             self.metrics.set_state_keys(0, w.keys());
-            let seen = self.metrics.window_evictions.get();
-            self.metrics
-                .window_evictions
-                .inc_by(w.evictions().saturating_sub(seen));
+            self.metrics.window_evictions.inc_by(w.take_evictions());
         }
     }
 

@@ -132,6 +132,11 @@ impl Judge {
         self.likelihood.as_ref()
     }
 
+    /// Likelihood keys forgotten (to stay within `max_keys`) since the last call.
+    pub fn take_evictions(&mut self) -> u64 {
+        self.likelihood.as_mut().map_or(0, Keyed::take_evictions)
+    }
+
     /// Continues from restored likelihood state.
     pub fn set_likelihood(&mut self, keyed: Keyed) {
         self.likelihood = Some(keyed);

@@ -419,8 +419,10 @@ impl Keyed {
     }
 
     /// Keys forgotten so far to stay within `max_keys`.
-    pub fn evictions(&self) -> u64 {
-        self.evictions
+    /// Keys forgotten to stay within `max_keys` since the last call (for a counter that
+    /// its owner increments by what happened, never sets).
+    pub fn take_evictions(&mut self) -> u64 {
+        std::mem::take(&mut self.evictions)
     }
 
     /// Every key's state, least recently seen first, in a compact binary form
@@ -787,7 +789,8 @@ mod tests {
         assert_eq!(keyed.keys(), 2);
         keyed.update(None, 1.0, &[], None);
         assert_eq!(keyed.keys(), 2, "bounded");
-        assert_eq!(keyed.evictions(), 1);
+        assert_eq!(keyed.take_evictions(), 1);
+        assert_eq!(keyed.take_evictions(), 0);
         // "a" was the least recently seen: it starts over with a new warm-up.
         assert_eq!(keyed.update(Some("a"), 1e6, &[], None), 0.0);
     }
