@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tch::Device;
 
+use super::likelihood::{Keyed, LikelihoodParams};
 use super::verify::{self, Rejected};
 use super::{Detector, ModelError, ModelMeta};
 
@@ -64,6 +65,48 @@ pub fn read_likelihood(store: &Path) -> Result<Option<Vec<u8>>, ModelError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(&path)(e)),
     }
+}
+
+/// Each key's anomaly likelihood as the store holds it (saved when the daemon last
+/// stopped), so keys do not start a new warm-up. `None` (logged) without a saved state, or
+/// with one saved under other `[threshold.likelihood]` settings: the keys start afresh.
+pub fn restore_likelihood(
+    store: &Path,
+    params: LikelihoodParams,
+    max_keys: usize,
+) -> Option<Keyed> {
+    let path = store.join(LIKELIHOOD_STATE);
+    match read_likelihood(store) {
+        Ok(None) => None,
+        Ok(Some(bytes)) => match Keyed::from_snapshot(&bytes, params, max_keys) {
+            Ok(keyed) => {
+                tracing::info!(keys = keyed.keys(), path = %path.display(),
+                    "restored the anomaly likelihood state");
+                Some(keyed)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "not restoring the anomaly likelihood state: every key warms up again");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "cannot read the anomaly likelihood state: every key warms up again");
+            None
+        }
+    }
+}
+
+/// Saves each key's anomaly likelihood in the store, for [`restore_likelihood`] after a
+/// restart.
+pub fn persist_likelihood(store: &Path, keyed: &Keyed) -> Result<(), ModelError> {
+    let started = std::time::Instant::now();
+    let bytes = keyed.snapshot()?;
+    let path = save_likelihood(store, &bytes)?;
+    tracing::info!(keys = keyed.keys(), bytes = bytes.len(), path = %path.display(),
+        seconds = started.elapsed().as_secs_f64(), "saved the anomaly likelihood state");
+    Ok(())
 }
 
 /// Writes the detector as its version's bundle and makes it the current version.

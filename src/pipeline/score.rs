@@ -1,12 +1,12 @@
 //! The scorer: owns the model (one thread, never shared), trains the first model on the
-//! warm-up records when none is saved, then scores every batch. The same [`Scorer`] serves
+//! warm-up records when none is saved, then scores and judges every batch. Retraining is
+//! the [`Retrainer`]'s (`train::schedule`): the scorer hands it each judged batch and
+//! serves what it promotes. The same [`Scorer`] serves
 //! the daemon's scorer thread and `anomalyd score`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::collections::VecDeque;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tch::Device;
@@ -18,9 +18,8 @@ use crate::model::likelihood::Keyed;
 use crate::model::threshold::Threshold;
 use crate::model::{Detector, ModelError, store};
 use crate::telemetry::Metrics;
-use crate::train::gate::HoldoutStats;
-use crate::train::normal_window::NormalWindow;
-use crate::train::trainer::{self, Job, Outcome, TrainerSettings};
+use crate::train::schedule::Retrainer;
+use crate::train::trainer::TrainerSettings;
 
 /// What the scorer needs to train and explain.
 #[derive(Debug, Clone)]
@@ -42,190 +41,18 @@ pub struct ScorerSettings {
     pub publish: Option<Sender<u64>>,
 }
 
-/// Retraining state kept by the scorer: the normal window, the triggers, and the channels
-/// to the trainer thread.
-struct Retrainer {
-    policy: RetrainPolicy,
-    window: NormalWindow,
-    jobs: Sender<Job>,
-    outcomes: Receiver<Outcome>,
-    in_flight: bool,
-    last_run: Instant,
-    since_run: u64,
-    recent: VecDeque<bool>,
-    recent_alerts: usize,
-    /// Consecutive failed runs (panicked, failed, not saved), and no new run before
-    /// `not_before`: a failing trainer is retried with exponential backoff.
-    failures: u32,
-    not_before: Instant,
-}
-
-/// The trainer thread's end of the channels.
-type TrainerChannels = (Sender<Job>, Receiver<Outcome>);
-
-impl Retrainer {
-    /// Starts the trainer thread.
-    fn start_thread(
-        s: &ScorerSettings,
-        policy: RetrainPolicy,
-    ) -> Result<TrainerChannels, ModelError> {
-        let (jobs, job_rx) = crossbeam_channel::bounded(1);
-        let (out_tx, outcomes) = crossbeam_channel::bounded(1);
-        let trainer = TrainerSettings {
-            features: s.features.clone(),
-            model: s.model.clone(),
-            threshold: s.threshold,
+impl ScorerSettings {
+    /// What the trainer thread needs of these settings.
+    fn trainer(&self, policy: RetrainPolicy) -> TrainerSettings {
+        TrainerSettings {
+            features: self.features.clone(),
+            model: self.model.clone(),
+            threshold: self.threshold,
             policy,
-            device: s.device,
-            store_dir: s.store_dir.clone(),
-            keep: s.keep,
-        };
-        std::thread::Builder::new()
-            .name("anomalyd-train".into())
-            .spawn(move || trainer::run(trainer, job_rx, out_tx))
-            .map_err(|source| ModelError::Io {
-                path: PathBuf::from("<trainer thread>"),
-                source,
-            })?;
-        Ok((jobs, outcomes))
-    }
-
-    fn spawn(s: &ScorerSettings, policy: RetrainPolicy) -> Result<Self, ModelError> {
-        let (jobs, outcomes) = Self::start_thread(s, policy)?;
-        Ok(Retrainer {
-            policy,
-            window: NormalWindow::new(s.features.len(), policy.window, policy.margin),
-            jobs,
-            outcomes,
-            in_flight: false,
-            last_run: Instant::now(),
-            since_run: 0,
-            recent: VecDeque::new(),
-            recent_alerts: 0,
-            failures: 0,
-            not_before: Instant::now(),
-        })
-    }
-
-    /// A run failed: back off before the next one (10 s, doubling, at most 10 min).
-    fn failed(&mut self) {
-        self.failures = self.failures.saturating_add(1);
-        let backoff = Duration::from_secs(10 << self.failures.min(6)).min(Duration::from_secs(600));
-        self.not_before = Instant::now() + backoff;
-    }
-
-    /// Starts a new trainer thread after the old one ended (the window is kept).
-    fn restart(&mut self, s: &ScorerSettings, metrics: &Metrics) {
-        metrics.trainer_restarts.inc();
-        self.in_flight = false;
-        self.failed();
-        match Self::start_thread(s, self.policy) {
-            Ok((jobs, outcomes)) => {
-                self.jobs = jobs;
-                self.outcomes = outcomes;
-                tracing::warn!(
-                    failures = self.failures,
-                    "the trainer thread ended: restarted it"
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot restart the trainer thread; retrying later")
-            }
+            device: self.device,
+            store_dir: self.store_dir.clone(),
+            keep: self.keep,
         }
-    }
-
-    fn observe(&mut self, scored: &Scored, metrics: &Metrics) {
-        for (i, meta) in scored.metas.iter().enumerate() {
-            if !scored.is_scored(i) {
-                continue; // never trained on
-            }
-            let anomaly = scored.anomalies[i];
-            self.window
-                .observe(scored.features_of(i), meta.offset, anomaly);
-            self.recent.push_back(anomaly);
-            self.recent_alerts += usize::from(anomaly);
-            if self.recent.len() as u64 > self.policy.drift_records.max(1) {
-                self.recent_alerts -= usize::from(self.recent.pop_front().unwrap_or(false));
-            }
-        }
-        self.since_run += scored.metas.len() as u64;
-        metrics.training_window.set(self.window.len() as i64);
-        metrics.recent_alert_rate.set(self.alert_rate());
-    }
-
-    fn alert_rate(&self) -> f64 {
-        self.recent_alerts as f64 / self.recent.len().max(1) as f64
-    }
-
-    /// Which trigger fires now, if any.
-    fn due(&self) -> Option<&'static str> {
-        if self.in_flight
-            || self.window.len() < self.policy.min_records
-            || Instant::now() < self.not_before
-        {
-            return None;
-        }
-        let p = &self.policy;
-        if p.every_records.is_some_and(|n| self.since_run >= n) {
-            return Some("records");
-        }
-        if p.interval.is_some_and(|d| self.last_run.elapsed() >= d) {
-            return Some("interval");
-        }
-        let full = self.recent.len() as u64 >= p.drift_records.max(1);
-        if full && self.since_run >= p.drift_records && self.alert_rate() > p.alert_budget {
-            return Some("drift");
-        }
-        None
-    }
-
-    fn start(
-        &mut self,
-        serving: &Detector,
-        s: &ScorerSettings,
-        trigger: &str,
-    ) -> Result<(), ModelError> {
-        let (rows, span) = self.window.snapshot();
-        let dim = serving.dim();
-        let n = rows.len() / dim;
-        let held =
-            ((n as f64 * self.policy.holdout).ceil() as usize).clamp(1, n.saturating_sub(2).max(1));
-        let (train, holdout) = rows.split_at((n - held) * dim);
-        let serving_stats = HoldoutStats::of(&serving.score(holdout)?.scores, serving.threshold());
-        let version = match &s.store_dir {
-            Some(dir) => {
-                store::versions(dir)?
-                    .last()
-                    .copied()
-                    .unwrap_or(0)
-                    .max(serving.version())
-                    + 1
-            }
-            None => serving.version() + 1,
-        };
-        tracing::info!(
-            trigger,
-            version,
-            records = n - held,
-            holdout = held,
-            "retraining"
-        );
-        let job = Job {
-            train: train.to_vec(),
-            holdout: holdout.to_vec(),
-            serving: serving_stats,
-            parent: serving.version(),
-            version,
-            window: span,
-        };
-        match self.jobs.send(job) {
-            Ok(()) => self.in_flight = true,
-            // The thread is gone: the next poll restarts it.
-            Err(_) => self.failed(),
-        }
-        self.last_run = Instant::now();
-        self.since_run = 0;
-        Ok(())
     }
 }
 
@@ -274,7 +101,7 @@ impl Scorer {
             tracing::info!(version = det.version(), "loaded saved model");
         }
         let retrainer = match settings.retrain {
-            Some(policy) => Some(Retrainer::spawn(&settings, policy)?),
+            Some(policy) => Some(Retrainer::spawn(settings.trainer(policy))?),
             None => None,
         };
         let likelihood = match settings.threshold {
@@ -309,108 +136,39 @@ impl Scorer {
         self.detector.as_ref()
     }
 
-    /// Continues each key's anomaly likelihood from the state the store holds (saved when
-    /// the daemon last stopped), so keys do not start a new warm-up. Without a store, a
-    /// saved state, or with one saved under other `[threshold.likelihood]` settings, the
-    /// keys start afresh (logged).
+    /// Continues each key's anomaly likelihood from the state the store holds
+    /// ([`store::restore_likelihood`]).
     pub fn restore_likelihood(&mut self) {
-        let (
+        if let (
             Some(dir),
             ThresholdSpec::Likelihood {
                 params, max_keys, ..
             },
         ) = (&self.settings.store_dir, self.settings.threshold)
-        else {
-            return;
-        };
-        let path = dir.join(store::LIKELIHOOD_STATE);
-        match store::read_likelihood(dir) {
-            Ok(None) => {}
-            Ok(Some(bytes)) => match Keyed::from_snapshot(&bytes, params, max_keys) {
-                Ok(keyed) => {
-                    tracing::info!(keys = keyed.keys(), path = %path.display(),
-                        "restored the anomaly likelihood state");
-                    self.judge.set_likelihood(keyed);
-                }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e,
-                    "not restoring the anomaly likelihood state: every key warms up again"),
-            },
-            Err(e) => tracing::warn!(error = %e,
-                "cannot read the anomaly likelihood state: every key warms up again"),
+            && let Some(keyed) = store::restore_likelihood(dir, params, max_keys)
+        {
+            self.judge.set_likelihood(keyed);
         }
     }
 
-    /// Saves each key's anomaly likelihood in the store, for [`Self::restore_likelihood`]
-    /// after a restart. Does nothing without a store or a likelihood.
+    /// Saves each key's anomaly likelihood in the store ([`store::persist_likelihood`]).
+    /// Does nothing without a store or a likelihood.
     pub fn save_likelihood(&self) -> Result<(), ModelError> {
-        let (Some(dir), Some(keyed)) = (&self.settings.store_dir, self.judge.likelihood()) else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        let bytes = keyed.snapshot()?;
-        let path = store::save_likelihood(dir, &bytes)?;
-        tracing::info!(keys = keyed.keys(), bytes = bytes.len(), path = %path.display(),
-            seconds = started.elapsed().as_secs_f64(), "saved the anomaly likelihood state");
-        Ok(())
+        match (&self.settings.store_dir, self.judge.likelihood()) {
+            (Some(dir), Some(keyed)) => store::persist_likelihood(dir, keyed),
+            _ => Ok(()),
+        }
     }
 
-    /// Installs a promoted candidate, or counts a rejection, when the trainer has finished.
+    /// Installs a promoted candidate when the trainer has finished ([`Retrainer::poll`]).
     /// Called between batches.
     pub fn poll_trainer(&mut self) {
-        let Some(r) = self.retrainer.as_mut() else {
-            return;
+        let promoted = match self.retrainer.as_mut() {
+            Some(r) => r.poll(&self.metrics),
+            None => None,
         };
-        let outcome = match r.outcomes.try_recv() {
-            Ok(o) => o,
-            Err(crossbeam_channel::TryRecvError::Empty) => return,
-            Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                // The trainer thread ended (it never should): start it again, with backoff.
-                r.restart(&self.settings, &self.metrics);
-                return;
-            }
-        };
-        r.in_flight = false;
-        let m = &self.metrics;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        m.last_training.set(now);
-        match outcome {
-            Outcome::Promoted { detector, seconds } => {
-                r.failures = 0;
-                m.training_duration.observe(seconds);
-                m.training_runs.with_label_values(&["promoted"]).inc();
-                tracing::info!(version = detector.version(), "promoted the retrained model");
-                self.install(*detector);
-            }
-            Outcome::Rejected {
-                reason,
-                version,
-                seconds,
-            } => {
-                m.training_duration.observe(seconds);
-                let result = if matches!(reason, "training_failed" | "save_failed") {
-                    r.failed();
-                    "failed"
-                } else {
-                    r.failures = 0;
-                    "rejected"
-                };
-                m.training_runs.with_label_values(&[result]).inc();
-                m.promotion_rejections.with_label_values(&[reason]).inc();
-                tracing::warn!(version, reason, "retrained candidate rejected");
-            }
-            Outcome::Panicked { version, message } => {
-                r.failed();
-                m.trainer_restarts.inc();
-                m.training_runs.with_label_values(&["failed"]).inc();
-                tracing::error!(
-                    version,
-                    message,
-                    failures = r.failures,
-                    "the trainer panicked; it goes on with the next run, after a backoff"
-                );
-            }
+        if let Some(det) = promoted {
+            self.install(det);
         }
     }
 
@@ -488,14 +246,23 @@ impl Scorer {
                 .threshold
                 .set(self.judge.threshold().current() as f64);
             if let Some(r) = self.retrainer.as_mut() {
-                if r.in_flight {
+                if r.in_flight() {
                     self.metrics
                         .scoring_duration_training
                         .observe(started.elapsed().as_secs_f64());
                 }
-                r.observe(&scored, &self.metrics);
+                let judged = (0..scored.metas.len())
+                    .filter(|&i| scored.is_scored(i)) // never trained on
+                    .map(|i| {
+                        (
+                            scored.features_of(i),
+                            scored.metas[i].offset,
+                            scored.anomalies[i],
+                        )
+                    });
+                r.observe(judged, scored.metas.len() as u64, &self.metrics);
                 if let Some(trigger) = r.due() {
-                    r.start(det, &self.settings, trigger)?;
+                    r.start(det, trigger)?;
                 }
             }
             return Ok(vec![scored]);

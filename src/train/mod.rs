@@ -5,4 +5,5 @@
 
 pub mod gate;
 pub mod normal_window;
+pub mod schedule;
 pub mod trainer;

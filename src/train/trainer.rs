@@ -37,6 +37,7 @@ pub enum Outcome {
     Panicked { version: u64, message: String },
 }
 
+#[derive(Debug, Clone)]
 pub struct TrainerSettings {
     pub features: Vec<String>,
     pub model: ModelSpec,
