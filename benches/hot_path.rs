@@ -99,7 +99,7 @@ fn bench(c: &mut Criterion) {
         normalized: out
             .scores
             .iter()
-            .map(|&s| det.normalize(s, det.threshold()))
+            .map(|&s| det.scale().normalize(s, det.threshold()))
             .collect(),
         scores: out.scores,
         likelihood: Vec::new(),

@@ -225,17 +225,9 @@ pub enum VaeScore {
 pub struct VaeParams {
     pub samples: usize,
     pub beta: f64,
-    /// Absent in bundles written before the option existed.
-    #[serde(default)]
     pub score: VaeScore,
-    /// The decoder's smallest standard deviation, in scaled units. Absent in bundles
-    /// written before the option existed, which were trained with e^-4.
-    #[serde(default = "vae_min_std_before_the_option")]
+    /// The decoder's smallest standard deviation, in scaled units.
     pub min_std: f64,
-}
-
-fn vae_min_std_before_the_option() -> f64 {
-    (-4.0f64).exp()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

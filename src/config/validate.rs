@@ -169,22 +169,19 @@ pub struct BatchPolicy {
     pub drain_timeout: Duration,
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+/// The model's settings. Stored in bundles through `model::bundle`'s own format types.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     pub kind: ModelKind,
     pub hidden: Vec<i64>,
     pub activation: Activation,
     pub warmup_records: usize,
     pub epochs: usize,
-    /// At least this many minibatch steps: small training sets get more epochs. Absent
-    /// (0) in bundles written before the option existed.
-    #[serde(default)]
+    /// At least this many minibatch steps: small training sets get more epochs.
     pub min_steps: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
     pub seed: i64,
-    /// Absent in bundles written before the option existed.
-    #[serde(default)]
     pub scaler: ScalerKind,
     pub sparse: SparseParams,
     pub denoising: DenoisingParams,

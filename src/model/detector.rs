@@ -276,16 +276,6 @@ impl Detector {
         }
     }
 
-    /// `(score - center) / (threshold - center)`: 0 for a typical record, 1 at the threshold.
-    pub fn normalize(&self, score: f32, threshold: f32) -> f32 {
-        self.scale().normalize(score, threshold)
-    }
-
-    /// What a key's anomaly likelihood is fed ([`ScoreScale::likelihood_input`]).
-    pub fn likelihood_input(&self, score: f32) -> f64 {
-        self.scale().likelihood_input(score)
-    }
-
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
     }

@@ -492,7 +492,7 @@ mod tests {
                 .map(|(i, _)| i)
                 .collect::<Vec<_>>()
         };
-        let calibrated = alerts_after_switch(&|d, s| d.likelihood_input(s));
+        let calibrated = alerts_after_switch(&|d, s| d.scale().likelihood_input(s));
         assert!(
             !calibrated.is_empty() && calibrated.iter().all(|i| (700..715).contains(i)),
             "calibrated input: alerts at {calibrated:?}, expected only the anomaly"
