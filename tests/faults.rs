@@ -208,6 +208,13 @@ fn ten_sigkills_lose_nothing_and_duplicates_stay_within_the_bound() {
 /// Tansu 0.6 restarted under a consumer group's commits sometimes comes back with its
 /// storage task dead and resets every connection (docs/reliability.md), which would test
 /// Tansu, not the daemon. A real stop and start is `broker_down_at_start_is_waited_for`.
+///
+/// The group session (20 s) outlasts each outage, as a production session should outlast a
+/// broker's brief absence: the member keeps its partitions. With the tests' usual 6 s the
+/// client's session times out during the 5 s cut, it rejoins as a new member, and Tansu
+/// 0.6.0's coordinator then sometimes hands it an empty assignment for good while the old
+/// member is still listed (seen in CI: "partitions assigned []" after the rejoin, nothing
+/// consumed for two minutes; docs/reliability.md) -- a broker bug a real Kafka does not have.
 #[test]
 fn broker_unreachable_twice_mid_stream_is_waited_out() {
     const N: usize = 30_000;
@@ -219,7 +226,7 @@ fn broker_unreachable_twice_mid_stream_is_waited_out() {
     kafka.produce(&t.input, &spread(0, N, PARTITIONS));
     let config = format!(
         "{}{}",
-        t.kafka_toml_on(&broker.brokers()),
+        t.kafka_toml_session(&broker.brokers(), "20s"),
         model_toml(&dir.path().join("models"), "")
     );
     let mut daemon = Daemon::start(dir.path(), &config);

@@ -262,12 +262,19 @@ impl Topics {
         self.kafka_toml_on(&brokers())
     }
 
-    /// The [kafka] section for these topics on the cluster at `brokers`.
+    /// The [kafka] section for these topics on the cluster at `brokers`, with a short group
+    /// session (6 s) so that a stopped member's partitions move on quickly.
     pub fn kafka_toml_on(&self, brokers: &str) -> String {
+        self.kafka_toml_session(brokers, "6s")
+    }
+
+    /// The [kafka] section for these topics on the cluster at `brokers`, with the group
+    /// session timeout `session`.
+    pub fn kafka_toml_session(&self, brokers: &str, session: &str) -> String {
         format!(
             "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\n\
              scores_topic = \"{}\"\nalerts_topic = \"{}\"\ndlq_topic = \"{}\"\n\
-             session_timeout = \"6s\"\ncommit_interval = \"200ms\"\n",
+             session_timeout = \"{session}\"\ncommit_interval = \"200ms\"\n",
             brokers, self.group, self.input, self.scores, self.alerts, self.dlq
         )
     }
