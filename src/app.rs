@@ -21,16 +21,48 @@ use crate::error::{AppError, PipelineError};
 use crate::http::{self, Health};
 use crate::model::{device, store};
 use crate::pipeline::batch;
-use crate::pipeline::cluster::{Follower, Publisher};
+use crate::pipeline::cluster::{ClusterMetrics, Follower, Publisher};
 use crate::pipeline::kafka::{self, Consumer_, DeliveryContext, Producer, SourceContext};
 use crate::pipeline::offsets::OffsetTracker;
-use crate::pipeline::probe::Probe;
-use crate::pipeline::score::{self, Scorer, ScorerSettings};
-use crate::pipeline::sink::Sink;
-use crate::pipeline::source::Source;
-use crate::telemetry::Metrics;
+use crate::pipeline::probe::{Probe, ProbeMetrics};
+use crate::pipeline::score::{self, Scorer, ScorerMetrics, ScorerSettings};
+use crate::pipeline::sink::{Sink, SinkMetrics};
+use crate::pipeline::source::{Source, SourceMetrics};
+use crate::telemetry::{StateMetrics, Telemetry};
+use crate::train::TrainMetrics;
+use crate::train::trainer::FitSettings;
 
 type StageExit = (&'static str, Result<(), PipelineError>);
+
+/// The stages' metrics, each registered by its stage's type at start, so that `/metrics`
+/// shows every one from the first scrape, before the pipeline runs.
+struct StageMetrics {
+    source: SourceMetrics,
+    linger: prometheus::Histogram,
+    scorer: ScorerMetrics,
+    train: TrainMetrics,
+    sink: SinkMetrics,
+    cluster: ClusterMetrics,
+}
+
+impl StageMetrics {
+    fn register(r: &prometheus::Registry, settings: &Settings) -> Self {
+        let state = StateMetrics::register(r, &settings.state);
+        let scorer = ScorerMetrics::register(r, state.likelihood);
+        StageMetrics {
+            source: SourceMetrics::register(r, state.window),
+            linger: batch::register_linger(r),
+            cluster: ClusterMetrics::register(
+                r,
+                settings.cluster.role,
+                scorer.models_rejected.clone(),
+            ),
+            scorer,
+            train: TrainMetrics::register(r),
+            sink: SinkMetrics::register(r),
+        }
+    }
+}
 
 /// Runs `f` on a named thread and reports how it ended (a panic is an error too).
 fn spawn_stage<F>(name: &'static str, exits: mpsc::UnboundedSender<StageExit>, f: F)
@@ -70,15 +102,18 @@ fn required_topics(settings: &Settings) -> Vec<(String, &'static str)> {
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new());
-    metrics.set_state_budget(&settings.state);
-    let probe = Probe::new(&settings.kafka, required_topics(&settings), metrics.clone())?;
+    let telemetry = Arc::new(Telemetry::new());
+    let metrics = StageMetrics::register(telemetry.registry(), &settings);
+    let probe = Probe::new(
+        &settings.kafka,
+        required_topics(&settings),
+        ProbeMetrics::register(telemetry.registry()),
+    )?;
     let health = Arc::new(Health {
         ready: Default::default(),
         kafka: probe.ok.clone(),
     });
     let role = settings.cluster.role;
-    metrics.role.with_label_values(&[role.as_str()]).set(1);
 
     let (listener, addr) =
         http::bind(settings.http_listen)
@@ -91,7 +126,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(
         listener,
-        metrics.clone(),
+        telemetry.clone(),
         health.clone(),
         http_stop.clone(),
     ));
@@ -130,7 +165,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             store.clone(),
             settings.runtime.keep,
             settings.input.feature_names(),
-            metrics.clone(),
+            metrics.cluster.clone(),
         )?;
         let caught_up = follower.caught_up.clone();
         let stop = shutdown.clone();
@@ -226,7 +261,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 /// Returns how many stages it started.
 fn spawn_pipeline(
     settings: &Settings,
-    metrics: &Arc<Metrics>,
+    metrics: &StageMetrics,
     shutdown: &CancellationToken,
     exit_tx: &mpsc::UnboundedSender<StageExit>,
 ) -> Result<usize, AppError> {
@@ -238,7 +273,13 @@ fn spawn_pipeline(
     let producer: Arc<Producer> = Arc::new(
         Producer::from_config_and_context(
             &kafka::producer_config(k)?,
-            DeliveryContext::new(k, tracker.clone(), metrics.clone(), fail_tx, refused_tx),
+            DeliveryContext::new(
+                k,
+                tracker.clone(),
+                metrics.sink.clone(),
+                fail_tx,
+                refused_tx,
+            ),
         )
         .map_err(PipelineError::from)?,
     );
@@ -247,7 +288,7 @@ fn spawn_pipeline(
         SourceContext {
             tracker: tracker.clone(),
             topic: k.input_topic.clone(),
-            metrics: metrics.clone(),
+            metrics: metrics.source.clone(),
         },
     )
     .map_err(PipelineError::from)?;
@@ -263,7 +304,7 @@ fn spawn_pipeline(
     let source = Source {
         consumer,
         tracker: tracker.clone(),
-        metrics: metrics.clone(),
+        metrics: metrics.source.clone(),
         input: settings.input.clone(),
         topic: k.input_topic.clone(),
         dead_letters: role != Role::Trainer,
@@ -280,15 +321,16 @@ fn spawn_pipeline(
 
     let policy = settings.batch;
     let dim = settings.input.dim();
-    let batch_metrics = metrics.clone();
+    let linger = metrics.linger.clone();
     spawn_stage("batch", exit_tx.clone(), move || {
-        batch::run(rec_rx, batch_tx, policy, dim, &batch_metrics);
+        batch::run(rec_rx, batch_tx, policy, dim, &linger);
         Ok(())
     });
 
     let publish = match (role, &settings.runtime.store_dir) {
         (Role::Trainer, Some(store)) => {
-            let publisher = Publisher::new(k, &settings.cluster, store.clone(), metrics.clone())?;
+            let publisher =
+                Publisher::new(k, &settings.cluster, store.clone(), metrics.cluster.clone())?;
             let (tx, rx) = crossbeam_channel::unbounded();
             spawn_stage("publish", exit_tx.clone(), move || publisher.run(rx));
             stages += 1;
@@ -296,33 +338,31 @@ fn spawn_pipeline(
         }
         _ => None,
     };
-    let scorer_settings = ScorerSettings {
-        features: settings.input.feature_names(),
-        model: settings.model.clone(),
+    let mut scorer_settings = ScorerSettings {
+        fit: FitSettings {
+            features: settings.input.feature_names(),
+            model: settings.model.clone(),
+            threshold: settings.threshold,
+            device: tch::Device::Cpu,
+            store_dir: settings.runtime.store_dir.clone(),
+            keep: settings.runtime.keep,
+        },
         threshold: settings.threshold,
         top_features: settings.top_features,
-        device: tch::Device::Cpu,
-        store_dir: settings.runtime.store_dir.clone(),
-        keep: settings.runtime.keep,
         // A scorer serves what the trainer publishes; it never trains.
         retrain: (role != Role::Scorer).then_some(settings.retrain),
         publish,
         value_feature: settings.input.value_feature(),
     };
-    let scorer_metrics = metrics.clone();
+    let (scorer_metrics, train_metrics) = (metrics.scorer.clone(), metrics.train.clone());
     let runtime = settings.runtime.clone();
     spawn_stage("score", exit_tx.clone(), move || {
         // libtorch only on this thread: device choice, loading and training included.
         let device = device::select(runtime.device)?;
         let threads = device::set_threads(runtime.threads);
         tracing::info!(?device, threads, "scorer started");
-        let mut scorer = Scorer::new(
-            ScorerSettings {
-                device,
-                ..scorer_settings
-            },
-            scorer_metrics,
-        )?;
+        scorer_settings.fit.device = device;
+        let mut scorer = Scorer::new(scorer_settings, scorer_metrics, train_metrics)?;
         scorer.restore_likelihood();
         score::run(&mut scorer, batch_rx, scored_tx)?;
         scorer.save_likelihood()?;
@@ -336,7 +376,7 @@ fn spawn_pipeline(
         dlq_topic: k.dlq_topic.clone(),
         feature_names: settings.input.feature_names(),
         tracker,
-        metrics: metrics.clone(),
+        metrics: metrics.sink.clone(),
         discard: role == Role::Trainer,
         drain_timeout: settings.batch.drain_timeout,
         cancel: shutdown.clone(),

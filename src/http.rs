@@ -14,7 +14,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::Metrics;
+use crate::telemetry::Telemetry;
 
 /// Readiness: the pipeline runs (not starting, not draining) and the broker probe passes.
 #[derive(Default)]
@@ -31,7 +31,7 @@ impl Health {
 
 #[derive(Clone)]
 struct AppState {
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     health: Arc<Health>,
 }
 
@@ -64,7 +64,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 /// Serves until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
-    metrics_: Arc<Metrics>,
+    metrics_: Arc<Telemetry>,
     health: Arc<Health>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {

@@ -478,14 +478,12 @@ fn print_nab(n: &NabReport) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::config::{Activation, InputMode, ModelKind};
     use crate::model::store;
-    use crate::pipeline::score::{self, Scorer, ScorerSettings};
+    use crate::pipeline::score::{self, Scorer, ScorerMetrics, ScorerSettings};
     use crate::pipeline::{Batch, Meta, Scored, Timestamp};
-    use crate::telemetry::Metrics;
+    use crate::train::trainer::FitSettings;
 
     /// One series through the daemon's scorer (fed batches over a channel, with the model
     /// from its store, as the daemon runs it; no Kafka) and through `eval`'s path: the
@@ -533,20 +531,25 @@ mod tests {
 
         let (scores, eval) = judge_series(&det, &settings, &rows, first_eval).expect("judged");
 
+        let (metrics, train_metrics) = ScorerMetrics::unregistered();
         let mut scorer = Scorer::new(
             ScorerSettings {
-                features: settings.input.feature_names(),
-                model: settings.model.clone(),
+                fit: FitSettings {
+                    features: settings.input.feature_names(),
+                    model: settings.model.clone(),
+                    threshold: settings.threshold,
+                    device: tch::Device::Cpu,
+                    store_dir: Some(store_dir.path().to_owned()),
+                    keep: 3,
+                },
                 threshold: settings.threshold,
                 top_features: settings.top_features,
-                device: tch::Device::Cpu,
-                store_dir: Some(store_dir.path().to_owned()),
-                keep: 3,
                 retrain: None,
                 value_feature: settings.input.value_feature(),
                 publish: None,
             },
-            Arc::new(Metrics::new()),
+            metrics,
+            train_metrics,
         )
         .expect("scorer");
         let (batches, batches_rx) = crossbeam_channel::bounded(4);

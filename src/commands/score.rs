@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::sync::Arc;
 
 use super::files;
 use crate::cli::ScoreArgs;
@@ -12,10 +11,10 @@ use crate::config::Settings;
 use crate::error::{AppError, PipelineError};
 use crate::model::{ModelError, device};
 use crate::pipeline::output::{encode, score_message};
-use crate::pipeline::score::{Scorer, ScorerSettings};
+use crate::pipeline::score::{Scorer, ScorerMetrics, ScorerSettings};
 use crate::pipeline::shaper::Shaper;
 use crate::pipeline::{Batch, Meta, Record, Scored};
-use crate::telemetry::Metrics;
+use crate::train::trainer::FitSettings;
 
 #[derive(Debug, Default)]
 struct Summary {
@@ -61,22 +60,26 @@ impl<W: Write> Writer<W> {
 pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
     let device = device::select(settings.runtime.device).map_err(PipelineError::from)?;
     device::set_threads(settings.runtime.threads);
-    let metrics = Arc::new(Metrics::new());
+    let (metrics, train_metrics) = ScorerMetrics::unregistered();
     let features = settings.input.feature_names();
     let mut scorer = Scorer::new(
         ScorerSettings {
-            features: features.clone(),
-            model: settings.model.clone(),
+            fit: FitSettings {
+                features: features.clone(),
+                model: settings.model.clone(),
+                threshold: settings.threshold,
+                device,
+                store_dir: settings.runtime.store_dir.clone(),
+                keep: settings.runtime.keep,
+            },
             threshold: settings.threshold,
             top_features: settings.top_features,
-            device,
-            store_dir: settings.runtime.store_dir.clone(),
-            keep: settings.runtime.keep,
             retrain: None,
             publish: None,
             value_feature: settings.input.value_feature(),
         },
         metrics,
+        train_metrics,
     )
     .map_err(PipelineError::from)?;
 

@@ -312,6 +312,58 @@ pub fn load_serving(
     Ok((None, rejected))
 }
 
+/// A change of the store's current version, as [`Watcher::poll`] finds it.
+pub enum Change {
+    /// The current version passed its checks: serve it.
+    Serve(Box<Detector>),
+    /// The current version failed its checks: keep serving; it is not tried again.
+    Rejected(u64, Rejected),
+}
+
+/// Watches the store's `CURRENT` for the scorer that serves from it: a revert
+/// (`anomalyd models revert`), or a model a scorer received from the model topic. A version
+/// is served only once it passes its checks; one that fails them is reported once and never
+/// tried again, so nothing in the store can stop a scorer that serves a model.
+pub struct Watcher {
+    dir: PathBuf,
+    features: Vec<String>,
+    device: Device,
+    rejected: std::collections::HashSet<u64>,
+}
+
+impl Watcher {
+    pub fn new(dir: PathBuf, features: Vec<String>, device: Device) -> Self {
+        Watcher {
+            dir,
+            features,
+            device,
+            rejected: Default::default(),
+        }
+    }
+
+    /// The store's current version when it is not `serving` and not rejected before. A
+    /// store that cannot be read is logged and changes nothing.
+    pub fn poll(&mut self, serving: u64) -> Option<Change> {
+        let wanted = match current(&self.dir) {
+            Ok(Some(v)) if v != serving && !self.rejected.contains(&v) => v,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the model store; serving v{serving}");
+                return None;
+            }
+        };
+        Some(
+            match load_checked(&self.dir, wanted, &self.features, self.device) {
+                Ok(det) => Change::Serve(Box::new(det)),
+                Err(why) => {
+                    self.rejected.insert(wanted);
+                    Change::Rejected(wanted, why)
+                }
+            },
+        )
+    }
+}
+
 /// One version's bundle as a self-contained message (what the trainer publishes on the
 /// model topic): its files, base64-encoded, by name.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -8,14 +8,24 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Batch, Record};
 use crate::config::BatchPolicy;
-use crate::telemetry::Metrics;
+use crate::telemetry::histogram;
+
+/// The batcher's one metric: `anomalyd_batch_linger_seconds`.
+pub fn register_linger(r: &prometheus::Registry) -> prometheus::Histogram {
+    histogram(
+        r,
+        "anomalyd_batch_linger_seconds",
+        "Age of a batch's first record when the batch is handed to the scorer.",
+        prometheus::exponential_buckets(0.0005, 2.0, 14).expect("buckets"),
+    )
+}
 
 pub fn run(
     records: Receiver<Record>,
     batches: Sender<Batch>,
     policy: BatchPolicy,
     dim: usize,
-    metrics: &Metrics,
+    linger: &prometheus::Histogram,
 ) {
     let new_batch = || Batch::with_capacity(policy.max_records, dim);
     let mut batch = new_batch();
@@ -35,9 +45,7 @@ pub fn run(
                 }
             }
         }
-        metrics
-            .batch_linger
-            .observe(started.elapsed().as_secs_f64());
+        linger.observe(started.elapsed().as_secs_f64());
         if batches
             .send(std::mem::replace(&mut batch, new_batch()))
             .is_err()
@@ -76,6 +84,10 @@ mod tests {
         }
     }
 
+    fn linger() -> prometheus::Histogram {
+        register_linger(&prometheus::Registry::new())
+    }
+
     #[test]
     fn flushes_on_size_and_on_close() {
         let (tx, rx) = crossbeam_channel::bounded(16);
@@ -84,7 +96,7 @@ mod tests {
             tx.send(rec(o)).expect("send");
         }
         drop(tx);
-        run(rx, btx, policy(3, 60_000), 1, &Metrics::new());
+        run(rx, btx, policy(3, 60_000), 1, &linger());
         let sizes: Vec<usize> = brx.iter().map(|b| b.len()).collect();
         assert_eq!(
             sizes,
@@ -97,7 +109,7 @@ mod tests {
     fn flushes_on_linger() {
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (btx, brx) = crossbeam_channel::bounded(16);
-        let h = std::thread::spawn(move || run(rx, btx, policy(100, 10), 1, &Metrics::new()));
+        let h = std::thread::spawn(move || run(rx, btx, policy(100, 10), 1, &linger()));
         tx.send(rec(0)).expect("send");
         tx.send(rec(1)).expect("send");
         // With a linger of 10 ms and room for 100, only the deadline can flush this batch

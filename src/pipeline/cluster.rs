@@ -24,10 +24,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterSettings, KafkaSettings};
+use crate::config::{ClusterSettings, KafkaSettings, Role};
 use crate::error::{AppError, PipelineError};
 use crate::model::store::{self, Bundle};
-use crate::telemetry::Metrics;
+use crate::telemetry::{counter_vec, int_gauge_vec};
 
 /// Largest bundle message the clients accept (the topic's `max.message.bytes` must allow
 /// the bundles a deployment's models make).
@@ -51,13 +51,58 @@ impl ProducerContext for Delivery {
     }
 }
 
+/// The cluster's metrics: this replica's role, and the model topic's traffic.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub published: prometheus::IntCounterVec,
+    pub received: prometheus::IntCounterVec,
+    /// The scorer's `anomalyd_models_rejected_total`: a bundle from the topic that fails
+    /// its checks never serves either.
+    pub models_rejected: prometheus::IntCounterVec,
+}
+
+impl ClusterMetrics {
+    pub fn register(
+        r: &prometheus::Registry,
+        role: Role,
+        models_rejected: prometheus::IntCounterVec,
+    ) -> Self {
+        int_gauge_vec(
+            r,
+            "anomalyd_cluster_role",
+            "1 for this replica's cluster role (all, scorer, trainer).",
+            "role",
+            &[],
+        )
+        .with_label_values(&[role.as_str()])
+        .set(1);
+        ClusterMetrics {
+            published: counter_vec(
+                r,
+                "anomalyd_models_published_total",
+                "Model bundles the trainer published to the model topic, by result (ok, failed).",
+                "result",
+                &["ok", "failed"],
+            ),
+            received: counter_vec(
+                r,
+                "anomalyd_models_received_total",
+                "Model bundles a scorer read from the model topic, by result (applied, invalid).",
+                "result",
+                &["applied", "invalid"],
+            ),
+            models_rejected,
+        }
+    }
+}
+
 /// The trainer's side: publishes store versions to the model topic.
 pub struct Publisher {
     producer: BaseProducer<Delivery>,
     topic: String,
     key: String,
     store: PathBuf,
-    metrics: Arc<Metrics>,
+    metrics: ClusterMetrics,
 }
 
 impl Publisher {
@@ -65,7 +110,7 @@ impl Publisher {
         k: &KafkaSettings,
         cluster: &ClusterSettings,
         store: PathBuf,
-        metrics: Arc<Metrics>,
+        metrics: ClusterMetrics,
     ) -> Result<Self, AppError> {
         let mut config = super::kafka::base_config(k)?;
         config
@@ -97,17 +142,11 @@ impl Publisher {
             let version = versions.try_iter().last().unwrap_or(version);
             match self.publish(version) {
                 Ok(bytes) => {
-                    self.metrics
-                        .models_published
-                        .with_label_values(&["ok"])
-                        .inc();
+                    self.metrics.published.with_label_values(&["ok"]).inc();
                     tracing::info!(version, bytes, topic = %self.topic, key = %self.key, "published the model");
                 }
                 Err(e) => {
-                    self.metrics
-                        .models_published
-                        .with_label_values(&["failed"])
-                        .inc();
+                    self.metrics.published.with_label_values(&["failed"]).inc();
                     tracing::warn!(version, error = %e, topic = %self.topic, "model publication failed; retrying");
                     next = match versions.recv_timeout(RETRY) {
                         Ok(newer) => Some(newer),
@@ -165,7 +204,7 @@ pub struct Follower {
     keep: usize,
     /// The configured features: a bundle for others is rejected.
     features: Vec<String>,
-    metrics: Arc<Metrics>,
+    metrics: ClusterMetrics,
     /// Set once everything in the topic at start-up has been read.
     pub caught_up: Arc<AtomicBool>,
 }
@@ -177,7 +216,7 @@ impl Follower {
         store: PathBuf,
         keep: usize,
         features: Vec<String>,
-        metrics: Arc<Metrics>,
+        metrics: ClusterMetrics,
     ) -> Result<Self, AppError> {
         let mut config = super::kafka::base_config(k)?;
         // Partitions are assigned, not subscribed: every scorer reads the whole topic.
@@ -284,10 +323,7 @@ impl Follower {
                 self.invalid(&format!("model v{} rejected: {r}", bundle.version));
             }
             Ok(store::Imported::Current(_)) => {
-                self.metrics
-                    .models_received
-                    .with_label_values(&["applied"])
-                    .inc();
+                self.metrics.received.with_label_values(&["applied"]).inc();
                 tracing::info!(
                     version = bundle.version,
                     "received a model from the model topic"
@@ -301,10 +337,7 @@ impl Follower {
     }
 
     fn invalid(&self, why: &str) {
-        self.metrics
-            .models_received
-            .with_label_values(&["invalid"])
-            .inc();
+        self.metrics.received.with_label_values(&["invalid"]).inc();
         tracing::warn!(topic = %self.topic, error = why, "ignored an invalid model message");
     }
 }

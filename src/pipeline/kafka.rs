@@ -16,8 +16,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::OffsetTracker;
+use super::sink::SinkMetrics;
+use super::source::SourceMetrics;
 use crate::config::{ConfigError, KafkaSettings, OffsetReset, property_value};
-use crate::telemetry::Metrics;
 
 pub type Producer = ThreadedProducer<DeliveryContext>;
 pub type Consumer_ = BaseConsumer<SourceContext>;
@@ -91,8 +92,15 @@ pub enum Output {
 }
 
 impl Output {
+    pub const ALL: [Output; 3] = [Output::Scores, Output::Alerts, Output::Dlq];
+
+    /// The `output` label of `anomalyd_messages_produced_total`.
     pub fn as_str(self) -> &'static str {
-        crate::telemetry::OUTPUTS[self as usize]
+        match self {
+            Output::Scores => "scores",
+            Output::Alerts => "alerts",
+            Output::Dlq => "dlq",
+        }
     }
 }
 
@@ -123,20 +131,17 @@ impl Pending {
 
     /// One of the batch's messages is done (delivered to `output`, or given up). The last
     /// one acknowledges the batch's offsets, unless a fatal producer error hit it.
-    pub fn done_one(&self, output: Option<Output>, tracker: &OffsetTracker, metrics: &Metrics) {
+    pub fn done_one(&self, output: Option<Output>, tracker: &OffsetTracker, metrics: &SinkMetrics) {
         if let Some(o) = output {
             self.delivered[o as usize].fetch_add(1, Ordering::Relaxed);
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        for (i, name) in crate::telemetry::OUTPUTS.iter().enumerate() {
-            let n = self.delivered[i].load(Ordering::Relaxed);
+        for o in Output::ALL {
+            let n = self.delivered[o as usize].load(Ordering::Relaxed);
             if n > 0 {
-                metrics
-                    .messages_produced
-                    .with_label_values(&[name])
-                    .inc_by(n);
+                metrics.produced.with_label_values(&[o.as_str()]).inc_by(n);
             }
         }
         // A batch hit by a fatal producer error is never acknowledged: its offsets stay
@@ -213,7 +218,7 @@ fn record_of(payload: &[u8]) -> Option<(i32, i64)> {
 
 pub struct DeliveryContext {
     tracker: Arc<OffsetTracker>,
-    metrics: Arc<Metrics>,
+    metrics: SinkMetrics,
     topics: [String; 3],
     /// Fatal producer errors: the pipeline stops (a restart replays what is unacknowledged).
     failures: Sender<String>,
@@ -225,7 +230,7 @@ impl DeliveryContext {
     pub fn new(
         k: &KafkaSettings,
         tracker: Arc<OffsetTracker>,
-        metrics: Arc<Metrics>,
+        metrics: SinkMetrics,
         failures: Sender<String>,
         refused: Sender<Refused>,
     ) -> Self {
@@ -356,7 +361,7 @@ pub fn hint(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<&'static str
 pub struct SourceContext {
     pub tracker: Arc<OffsetTracker>,
     pub topic: String,
-    pub metrics: Arc<Metrics>,
+    pub metrics: SourceMetrics,
 }
 
 impl ClientContext for SourceContext {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::kafka::{base_config, hint, log_client_error};
 use crate::config::KafkaSettings;
 use crate::error::{AppError, PipelineError};
-use crate::telemetry::Metrics;
+use crate::telemetry::int_gauge;
 
 /// How often the broker is asked while it answers, and while it does not.
 const EVERY_OK: Duration = Duration::from_secs(2);
@@ -69,12 +69,36 @@ impl std::fmt::Display for Unready {
     }
 }
 
+/// The probe's metrics: whether the broker answers, and the topics it lacks.
+pub struct ProbeMetrics {
+    pub up: prometheus::IntGauge,
+    pub missing_topics: prometheus::IntGauge,
+}
+
+impl ProbeMetrics {
+    pub fn register(r: &prometheus::Registry) -> Self {
+        ProbeMetrics {
+            up: int_gauge(
+                r,
+                "anomalyd_kafka_up",
+                "1 while the broker answers metadata requests, 0 while it cannot be reached \
+                 or refuses the connection (see the logs for the setting to check).",
+            ),
+            missing_topics: int_gauge(
+                r,
+                "anomalyd_kafka_missing_topics",
+                "Configured topics (input and outputs) the broker does not have.",
+            ),
+        }
+    }
+}
+
 pub struct Probe {
     client: BaseConsumer<ProbeContext>,
     brokers: String,
     /// The topics the daemon reads and writes, with the setting that names each.
     topics: Vec<(String, &'static str)>,
-    metrics: Arc<Metrics>,
+    metrics: ProbeMetrics,
     /// Whether the last check passed.
     pub ok: Arc<AtomicBool>,
 }
@@ -83,7 +107,7 @@ impl Probe {
     pub fn new(
         k: &KafkaSettings,
         topics: Vec<(String, &'static str)>,
-        metrics: Arc<Metrics>,
+        metrics: ProbeMetrics,
     ) -> Result<Self, AppError> {
         let client =
             BaseConsumer::from_config_and_context(&base_config(k)?, ProbeContext::default())
@@ -101,7 +125,7 @@ impl Probe {
     pub fn check(&self) -> Result<(), Unready> {
         let result = self.ask();
         let up = !matches!(result, Err(Unready::Unreachable(_)));
-        self.metrics.kafka_up.set(i64::from(up));
+        self.metrics.up.set(i64::from(up));
         let missing = match &result {
             Err(Unready::MissingTopics(t)) => t.len() as i64,
             _ => 0,

@@ -1,36 +1,34 @@
-//! The scorer: owns the model (one thread, never shared), trains the first model on the
-//! warm-up records when none is saved, then scores and judges every batch. Retraining is
-//! the [`Retrainer`]'s (`train::schedule`): the scorer hands it each judged batch and
-//! serves what it promotes. The same [`Scorer`] serves
-//! the daemon's scorer thread and `anomalyd score`.
+//! The scorer: owns the model (one thread, never shared), and scores and judges every
+//! batch. Until a model serves it holds the warm-up batches back and has the first model
+//! trained on them ([`trainer::first_model`]); retraining is the [`Retrainer`]'s
+//! (`train::schedule`), which it hands each judged batch and whose promotions it serves;
+//! a new current version in the store (a revert, a model received) comes from the store's
+//! [`Watcher`]. The same [`Scorer`] serves the daemon's scorer thread and `anomalyd score`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tch::Device;
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use super::{Batch, Scored};
-use crate::config::{ModelSpec, RetrainPolicy, ThresholdSpec};
+use crate::config::{RetrainPolicy, ThresholdSpec};
 use crate::model::judge::Judge;
 use crate::model::likelihood::Keyed;
+use crate::model::store::{self, Change, Watcher};
 use crate::model::threshold::Threshold;
-use crate::model::{Detector, ModelError, store};
-use crate::telemetry::Metrics;
+use crate::model::{Detector, ModelError};
+use crate::telemetry::{StateBytes, counter, counter_vec, gauge, histogram, int_gauge};
+use crate::train::TrainMetrics;
 use crate::train::schedule::Retrainer;
-use crate::train::trainer::TrainerSettings;
+use crate::train::trainer::{self, FitSettings, TrainerSettings};
 
-/// What the scorer needs to train and explain.
+/// What the scorer needs to train, judge and explain.
 #[derive(Debug, Clone)]
 pub struct ScorerSettings {
-    pub features: Vec<String>,
-    pub model: ModelSpec,
+    /// How a model is fitted and where it is stored: the first model and retrained ones.
+    pub fit: FitSettings,
     pub threshold: ThresholdSpec,
     pub top_features: usize,
-    pub device: Device,
-    pub store_dir: Option<PathBuf>,
-    pub keep: usize,
     /// Continuous retraining (the daemon); `None` offline and for the scorer role.
     pub retrain: Option<RetrainPolicy>,
     /// The feature that holds each record's newest raw value (window mode without
@@ -41,44 +39,168 @@ pub struct ScorerSettings {
     pub publish: Option<Sender<u64>>,
 }
 
-impl ScorerSettings {
-    /// What the trainer thread needs of these settings.
-    fn trainer(&self, policy: RetrainPolicy) -> TrainerSettings {
-        TrainerSettings {
-            features: self.features.clone(),
-            model: self.model.clone(),
-            threshold: self.threshold,
-            policy,
-            device: self.device,
-            store_dir: self.store_dir.clone(),
-            keep: self.keep,
+/// The scorer's metrics. Training's ([`TrainMetrics`]) are the warm-up's and the
+/// [`Retrainer`]'s.
+#[derive(Clone)]
+pub struct ScorerMetrics {
+    pub scored: IntCounter,
+    pub anomalies: IntCounter,
+    pub batch_size: Histogram,
+    pub duration: Histogram,
+    pub duration_training: Histogram,
+    pub score: Histogram,
+    pub normalized: Histogram,
+    pub threshold: Gauge,
+    pub model_version: IntGauge,
+    pub model_ready: IntGauge,
+    pub model_created: Gauge,
+    pub training_loss: Gauge,
+    pub likelihood_keys: IntGauge,
+    pub likelihood_evictions: IntCounter,
+    pub likelihood_state: StateBytes,
+    pub alert_top_feature: IntCounterVec,
+    /// Shared with the model topic's follower (role scorer): bundles that never served.
+    pub models_rejected: IntCounterVec,
+}
+
+impl ScorerMetrics {
+    pub fn register(r: &Registry, likelihood_state: StateBytes) -> Self {
+        let durations = || prometheus::exponential_buckets(0.000_05, 2.5, 12).expect("buckets");
+        ScorerMetrics {
+            scored: counter(r, "anomalyd_records_scored_total", "Records scored."),
+            anomalies: counter(
+                r,
+                "anomalyd_anomalies_total",
+                "Records scored above the threshold.",
+            ),
+            batch_size: histogram(
+                r,
+                "anomalyd_batch_size_records",
+                "Records per scored batch.",
+                prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets"),
+            ),
+            duration: histogram(
+                r,
+                "anomalyd_scoring_duration_seconds",
+                "Time to score one batch.",
+                durations(),
+            ),
+            duration_training: histogram(
+                r,
+                "anomalyd_scoring_duration_during_training_seconds",
+                "Time to score one batch while a retraining run is in flight.",
+                durations(),
+            ),
+            score: histogram(
+                r,
+                "anomalyd_score",
+                "Anomaly scores (reconstruction error of standardised features).",
+                prometheus::exponential_buckets(0.001, 2.0, 20).expect("buckets"),
+            ),
+            normalized: histogram(
+                r,
+                "anomalyd_normalized_score",
+                "Scores divided by the threshold (1 = at the threshold).",
+                vec![
+                    0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0,
+                ],
+            ),
+            threshold: gauge(r, "anomalyd_threshold", "The serving model's threshold."),
+            model_version: int_gauge(
+                r,
+                "anomalyd_model_version",
+                "Version of the serving model (0 before the first model).",
+            ),
+            model_ready: int_gauge(
+                r,
+                "anomalyd_model_ready",
+                "1 once a model is serving, 0 during warm-up.",
+            ),
+            model_created: gauge(
+                r,
+                "anomalyd_model_created_timestamp_seconds",
+                "Unix time the serving model was trained.",
+            ),
+            training_loss: gauge(
+                r,
+                "anomalyd_training_loss",
+                "Final training loss of the serving model.",
+            ),
+            likelihood_keys: int_gauge(
+                r,
+                "anomalyd_likelihood_keys",
+                "Keys with anomaly-likelihood state (threshold.kind = likelihood).",
+            ),
+            likelihood_evictions: counter(
+                r,
+                "anomalyd_likelihood_evictions_total",
+                "Keys whose likelihood state was forgotten to stay within \
+                 threshold.likelihood.max_keys (each warms up again when it returns).",
+            ),
+            likelihood_state,
+            alert_top_feature: counter_vec(
+                r,
+                "anomalyd_alert_top_feature_total",
+                "Alerts by the feature with the largest share of their error (bounded by \
+                 the configured features).",
+                "feature",
+                &[],
+            ),
+            models_rejected: counter_vec(
+                r,
+                "anomalyd_models_rejected_total",
+                "Model bundles (from the model topic or the store) that failed their checks and \
+                 never served, by reason.",
+                "reason",
+                &crate::model::verify::REASONS,
+            ),
         }
+    }
+
+    /// Metrics registered nowhere (`anomalyd score`, tests).
+    pub fn unregistered() -> (Self, TrainMetrics) {
+        let r = Registry::new();
+        let budget = crate::config::StateBudget {
+            memory: 0,
+            window_key_bytes: 0,
+            likelihood_key_bytes: 0,
+        };
+        let state = crate::telemetry::StateMetrics::register(&r, &budget);
+        (
+            Self::register(&r, state.likelihood),
+            TrainMetrics::register(&r),
+        )
     }
 }
 
 pub struct Scorer {
     settings: ScorerSettings,
     retrainer: Option<Retrainer>,
+    watcher: Option<Watcher>,
     detector: Option<Detector>,
     /// The decision state: the serving model's threshold as it adapts (SPOT), and the
     /// per-key anomaly likelihoods (`threshold.kind = "likelihood"`), in stream order.
     judge: Judge,
+    /// The batches held back until the first model serves, and their records.
     warmup: Vec<Batch>,
     warmup_len: usize,
-    metrics: Arc<Metrics>,
-    /// Store versions that failed their checks (never tried again).
-    rejected: std::collections::HashSet<u64>,
+    metrics: ScorerMetrics,
+    train_metrics: TrainMetrics,
 }
 
 impl Scorer {
     /// Starts from the newest saved model when the store has one that fits the input.
-    pub fn new(settings: ScorerSettings, metrics: Arc<Metrics>) -> Result<Self, ModelError> {
+    pub fn new(
+        settings: ScorerSettings,
+        metrics: ScorerMetrics,
+        train_metrics: TrainMetrics,
+    ) -> Result<Self, ModelError> {
+        let fit = &settings.fit;
         // The current version if it passes its checks, else the newest one that does; with
         // none, the first model is trained from the warm-up records.
-        let detector = match &settings.store_dir {
+        let detector = match &fit.store_dir {
             Some(dir) => {
-                let (det, rejected) =
-                    store::load_serving(dir, &settings.features, settings.device)?;
+                let (det, rejected) = store::load_serving(dir, &fit.features, fit.device)?;
                 for (version, why) in &rejected {
                     metrics
                         .models_rejected
@@ -100,8 +222,18 @@ impl Scorer {
         if let Some(det) = &detector {
             tracing::info!(version = det.version(), "loaded saved model");
         }
+        let watcher = fit
+            .store_dir
+            .clone()
+            .map(|dir| Watcher::new(dir, fit.features.clone(), fit.device));
         let retrainer = match settings.retrain {
-            Some(policy) => Some(Retrainer::spawn(settings.trainer(policy))?),
+            Some(policy) => Some(Retrainer::spawn(
+                TrainerSettings {
+                    fit: fit.clone(),
+                    policy,
+                },
+                train_metrics.clone(),
+            )?),
             None => None,
         };
         let likelihood = match settings.threshold {
@@ -118,13 +250,14 @@ impl Scorer {
         );
         let mut s = Scorer {
             retrainer,
+            watcher,
             settings,
             detector: None,
             judge,
             warmup: Vec::new(),
             warmup_len: 0,
             metrics,
-            rejected: Default::default(),
+            train_metrics,
         };
         if let Some(det) = detector {
             s.install(det);
@@ -144,7 +277,7 @@ impl Scorer {
             ThresholdSpec::Likelihood {
                 params, max_keys, ..
             },
-        ) = (&self.settings.store_dir, self.settings.threshold)
+        ) = (&self.settings.fit.store_dir, self.settings.threshold)
             && let Some(keyed) = store::restore_likelihood(dir, params, max_keys)
         {
             self.judge.set_likelihood(keyed);
@@ -154,7 +287,7 @@ impl Scorer {
     /// Saves each key's anomaly likelihood in the store ([`store::persist_likelihood`]).
     /// Does nothing without a store or a likelihood.
     pub fn save_likelihood(&self) -> Result<(), ModelError> {
-        match (&self.settings.store_dir, self.judge.likelihood()) {
+        match (&self.settings.fit.store_dir, self.judge.likelihood()) {
             (Some(dir), Some(keyed)) => store::persist_likelihood(dir, keyed),
             _ => Ok(()),
         }
@@ -163,58 +296,45 @@ impl Scorer {
     /// Installs a promoted candidate when the trainer has finished ([`Retrainer::poll`]).
     /// Called between batches.
     pub fn poll_trainer(&mut self) {
-        let promoted = match self.retrainer.as_mut() {
-            Some(r) => r.poll(&self.metrics),
-            None => None,
-        };
-        if let Some(det) = promoted {
+        if let Some(det) = self.retrainer.as_mut().and_then(Retrainer::poll) {
             self.install(det);
         }
     }
 
-    /// Between-batch housekeeping when the input is idle: trainer outcomes, reverts.
-    pub fn tick(&mut self) -> Result<(), ModelError> {
+    /// Between-batch housekeeping when the input is idle: trainer outcomes, and the
+    /// store's current version.
+    pub fn tick(&mut self) {
         self.poll_trainer();
-        self.follow_store()
+        self.follow_store();
     }
 
-    /// Switches to the store's current version when it is not the one serving (a revert, or
-    /// a model a scorer received), once it passes its checks. A version that fails them is
-    /// counted and logged once, and the serving model stays: nothing in the store can stop a
-    /// scorer that serves a model.
-    pub fn follow_store(&mut self) -> Result<(), ModelError> {
-        let (Some(dir), Some(det)) = (&self.settings.store_dir, &self.detector) else {
-            return Ok(());
+    /// Switches to the store's current version when it is not the one serving and passes
+    /// its checks ([`Watcher`]); one that fails them is counted and logged, and the serving
+    /// model stays.
+    pub fn follow_store(&mut self) {
+        let (Some(watcher), Some(det)) = (self.watcher.as_mut(), &self.detector) else {
+            return;
         };
         let serving = det.version();
-        let wanted = match store::current(dir) {
-            Ok(Some(v)) if v != serving && !self.rejected.contains(&v) => v,
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the model store; serving v{serving}");
-                return Ok(());
-            }
-        };
-        match store::load_checked(dir, wanted, &self.settings.features, self.settings.device) {
-            Ok(next) => {
+        match watcher.poll(serving) {
+            None => {}
+            Some(Change::Serve(next)) => {
                 tracing::info!(
                     from = serving,
-                    to = wanted,
+                    to = next.version(),
                     "switching to the store's current model"
                 );
-                self.install(next);
+                self.install(*next);
             }
-            Err(why) => {
-                self.rejected.insert(wanted);
+            Some(Change::Rejected(version, why)) => {
                 self.metrics
                     .models_rejected
                     .with_label_values(&[why.reason])
                     .inc();
-                tracing::error!(version = wanted, reason = why.reason, detail = %why.detail,
+                tracing::error!(version, reason = why.reason, detail = %why.detail,
                     serving, "the store's current model failed its checks; still serving v{serving}");
             }
         }
-        Ok(())
     }
 
     fn install(&mut self, det: Detector) {
@@ -248,7 +368,7 @@ impl Scorer {
             if let Some(r) = self.retrainer.as_mut() {
                 if r.in_flight() {
                     self.metrics
-                        .scoring_duration_training
+                        .duration_training
                         .observe(started.elapsed().as_secs_f64());
                 }
                 let judged = (0..scored.metas.len())
@@ -260,7 +380,7 @@ impl Scorer {
                             scored.anomalies[i],
                         )
                     });
-                r.observe(judged, scored.metas.len() as u64, &self.metrics);
+                r.observe(judged, scored.metas.len() as u64);
                 if let Some(trigger) = r.due() {
                     r.start(det, trigger)?;
                 }
@@ -269,7 +389,7 @@ impl Scorer {
         }
         self.warmup_len += batch.len();
         self.warmup.push(batch);
-        if self.warmup_len < self.settings.model.warmup_records {
+        if self.warmup_len < self.settings.fit.model.warmup_records {
             return Ok(Vec::new());
         }
         self.train_on_warmup()
@@ -284,63 +404,18 @@ impl Scorer {
         self.train_on_warmup()
     }
 
+    /// Has the first model trained on the held-back records (exactly the first
+    /// `warmup_records`; fewer at the end of an offline input), then scores every
+    /// held-back batch.
     fn train_on_warmup(&mut self) -> Result<Vec<Scored>, ModelError> {
-        // Exactly the first `warmup_records` records train (fewer at the end of an offline
-        // input); all of the held-back batches are then scored.
-        let dim = self.settings.features.len();
+        let fit = &self.settings.fit;
         let rows: Vec<f32> = self
             .warmup
             .iter()
             .flat_map(|b| b.features.iter().copied())
-            .take(self.settings.model.warmup_records * dim)
+            .take(fit.model.warmup_records * fit.features.len())
             .collect();
-        let version = match &self.settings.store_dir {
-            Some(dir) => store::versions(dir)?.last().map_or(1, |v| v + 1),
-            None => 1,
-        };
-        let started = Instant::now();
-        let det = Detector::train(
-            &rows,
-            self.settings.features.clone(),
-            &self.settings.model,
-            self.settings.threshold,
-            version,
-            self.settings.device,
-        )
-        .inspect_err(|_| {
-            self.metrics
-                .training_runs
-                .with_label_values(&["failed"])
-                .inc();
-        })?;
-        self.metrics
-            .training_runs
-            .with_label_values(&["promoted"])
-            .inc();
-        self.metrics
-            .training_duration
-            .observe(started.elapsed().as_secs_f64());
-        tracing::info!(
-            version,
-            kind = det.meta.spec.kind.as_str(),
-            records = det.meta.training.records,
-            loss = det.meta.training.final_loss,
-            threshold = det.threshold(),
-            seconds = det.meta.training.duration_seconds,
-            "trained the first model on the warm-up records"
-        );
-        if let Some(dir) = &self.settings.store_dir {
-            // Not fatal: the model serves from memory, and a restart trains again (a
-            // restart cannot fix a read-only store; crashing would only loop).
-            match store::save(dir, &det) {
-                Ok(path) => {
-                    let pruned = store::prune(dir, self.settings.keep).unwrap_or_default();
-                    tracing::info!(path = %path.display(), ?pruned, "saved model");
-                }
-                Err(e) => tracing::error!(error = %e, version = det.version(),
-                    "cannot save the first model: serving it from memory only"),
-            }
-        }
+        let det = trainer::first_model(fit, &rows, &self.train_metrics)?;
         self.warmup_len = 0;
         self.install(det);
         let Some(det) = self.detector.as_ref() else {
@@ -358,7 +433,7 @@ fn score_batch(
     det: &Detector,
     judge: &mut Judge,
     settings: &ScorerSettings,
-    metrics: &Metrics,
+    metrics: &ScorerMetrics,
     batch: Batch,
 ) -> Result<Scored, ModelError> {
     let started = Instant::now();
@@ -372,7 +447,7 @@ fn score_batch(
         |i| batch.metas[i].key.as_deref(),
     );
     let score_hist = metrics.score.local();
-    let norm_hist = metrics.normalized_score.local();
+    let norm_hist = metrics.normalized.local();
     for (&s, &norm) in out.scores.iter().zip(&v.normalized) {
         if s.is_finite() {
             score_hist.observe(s as f64);
@@ -383,14 +458,12 @@ fn score_batch(
     norm_hist.flush();
     if let Some(k) = judge.likelihood() {
         metrics.likelihood_keys.set(k.keys() as i64);
-        metrics.set_state_keys(1, k.keys());
+        metrics.likelihood_state.set_keys(k.keys());
     }
     metrics.likelihood_evictions.inc_by(judge.take_evictions());
-    metrics
-        .scoring_duration
-        .observe(started.elapsed().as_secs_f64());
+    metrics.duration.observe(started.elapsed().as_secs_f64());
     metrics.batch_size.observe(n as f64);
-    metrics.records_scored.inc_by((n - v.unscored) as u64);
+    metrics.scored.inc_by((n - v.unscored) as u64);
     metrics.anomalies.inc_by(v.explanations.len() as u64);
     let mut top_counts = vec![0u64; det.dim()];
     for (_, why) in &v.explanations {
@@ -402,7 +475,7 @@ fn score_batch(
         if c > 0 {
             metrics
                 .alert_top_feature
-                .with_label_values(&[settings.features[f].as_str()])
+                .with_label_values(&[settings.fit.features[f].as_str()])
                 .inc_by(c);
         }
     }
@@ -437,7 +510,7 @@ pub fn run(
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
         if last_follow.elapsed() >= FOLLOW_EVERY {
-            scorer.tick()?;
+            scorer.tick();
             last_follow = Instant::now();
         }
         for out in batch

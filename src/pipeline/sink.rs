@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, never, select};
+use prometheus::{IntCounter, IntCounterVec, Registry};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
@@ -24,7 +25,7 @@ use super::kafka::{Disposition, Output, Pending, Producer, Refused, disposition}
 use super::offsets::OffsetTracker;
 use super::output::{DeadLetter, encode, score_message};
 use crate::error::PipelineError;
-use crate::telemetry::Metrics;
+use crate::telemetry::{counter, counter_vec};
 
 /// A record for the dead-letter topic, from the source (undecodable).
 #[derive(Debug)]
@@ -43,6 +44,56 @@ const DLQ_KEY_MAX: usize = 1024;
 /// The longest wait between two attempts at a message the broker did not take.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// `reason` label values of `anomalyd_dead_letters_total`: records dead-lettered for
+/// something other than their decoding (those are `anomalyd_decode_errors_total`).
+pub const DEAD_LETTER_REASONS: [&str; 3] =
+    ["output_too_large", "output_rejected", "non_finite_score"];
+
+/// The sink's metrics; the producer's delivery callback
+/// ([`super::kafka::DeliveryContext`]) counts deliveries and failures.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub produced: IntCounterVec,
+    pub producer_errors: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub dropped: IntCounterVec,
+}
+
+impl SinkMetrics {
+    pub fn register(r: &Registry) -> Self {
+        SinkMetrics {
+            produced: counter_vec(
+                r,
+                "anomalyd_messages_produced_total",
+                "Messages delivered to the output topics, by output.",
+                "output",
+                &Output::ALL.map(Output::as_str),
+            ),
+            producer_errors: counter(
+                r,
+                "anomalyd_producer_errors_total",
+                "Messages the producer failed to deliver.",
+            ),
+            dead_letters: counter_vec(
+                r,
+                "anomalyd_dead_letters_total",
+                "Decoded records sent to the dead-letter topic instead of a score, by reason \
+                 (undecodable records are anomalyd_decode_errors_total).",
+                "reason",
+                &DEAD_LETTER_REASONS,
+            ),
+            dropped: counter_vec(
+                r,
+                "anomalyd_records_dropped_total",
+                "Records whose dead letter the broker refused as well: logged with partition and \
+                 offset, then acknowledged so that they cannot stop their partition.",
+                "reason",
+                &["dlq_refused"],
+            ),
+        }
+    }
+}
+
 pub struct Sink {
     pub producer: Arc<Producer>,
     pub scores_topic: String,
@@ -50,7 +101,7 @@ pub struct Sink {
     pub dlq_topic: String,
     pub feature_names: Vec<String>,
     pub tracker: Arc<OffsetTracker>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: SinkMetrics,
     /// The trainer role produces nothing: each batch's offsets are acknowledged here as
     /// soon as it is scored (the retraining window has seen it).
     pub discard: bool,
@@ -341,7 +392,7 @@ impl Sink {
             // Even the dead letter was refused: never retried forever. The record is
             // acknowledged so its partition moves on; the log names it.
             self.metrics
-                .records_dropped
+                .dropped
                 .with_label_values(&["dlq_refused"])
                 .inc();
             tracing::error!(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -28,7 +29,7 @@ use super::sink::DeadJob;
 use super::{Meta, Record, Timestamp};
 use crate::config::InputSpec;
 use crate::error::PipelineError;
-use crate::telemetry::Metrics;
+use crate::telemetry::{StateBytes, counter, counter_vec, int_gauge, int_gauge_vec};
 
 /// How long one poll waits; bounds how quickly the source notices shutdown.
 const POLL: Duration = Duration::from_millis(100);
@@ -39,10 +40,82 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// How often completed offsets are stored for the next commit.
 const STORE_EVERY: Duration = Duration::from_millis(50);
 
+/// The source stage's metrics; the consumer's callbacks ([`super::kafka::SourceContext`])
+/// update the partition gauges.
+#[derive(Clone)]
+pub struct SourceMetrics {
+    pub consumed: IntCounter,
+    pub decode_errors: IntCounterVec,
+    pub offsets_stored: IntCounter,
+    pub pending: IntGauge,
+    pub paused: IntGauge,
+    pub window_keys: IntGauge,
+    pub window_evictions: IntCounter,
+    pub window_state: StateBytes,
+    pub consumer_lag: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+}
+
+impl SourceMetrics {
+    pub fn register(r: &Registry, window_state: StateBytes) -> Self {
+        let codes: Vec<&str> = DecodeErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        SourceMetrics {
+            consumed: counter(
+                r,
+                "anomalyd_records_consumed_total",
+                "Records read from the input topic.",
+            ),
+            decode_errors: counter_vec(
+                r,
+                "anomalyd_decode_errors_total",
+                "Records that could not be decoded, by reason code.",
+                "code",
+                &codes,
+            ),
+            offsets_stored: counter(
+                r,
+                "anomalyd_offset_commits_total",
+                "Offset positions stored for commit.",
+            ),
+            pending: int_gauge(
+                r,
+                "anomalyd_pending_records",
+                "Records consumed whose outputs are not all delivered yet.",
+            ),
+            paused: int_gauge(
+                r,
+                "anomalyd_source_paused",
+                "1 while consumption is paused because the stages after it are full \
+                 (pipeline.max_in_flight or a full channel); the group membership is kept.",
+            ),
+            window_keys: int_gauge(r, "anomalyd_window_keys", "Keys with window state."),
+            window_evictions: counter(
+                r,
+                "anomalyd_window_evictions_total",
+                "Keys evicted from window state to stay within input.window.max_keys.",
+            ),
+            window_state,
+            consumer_lag: int_gauge_vec(
+                r,
+                "anomalyd_consumer_lag_records",
+                "Records in the input topic not yet committed, per assigned partition \
+                 (librdkafka statistics).",
+                "partition",
+                &[],
+            ),
+            assigned_partitions: int_gauge(
+                r,
+                "anomalyd_assigned_partitions",
+                "Input partitions assigned to this replica by the consumer group.",
+            ),
+        }
+    }
+}
+
 pub struct Source {
     pub consumer: Consumer_,
     pub tracker: Arc<OffsetTracker>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: SourceMetrics,
     pub input: InputSpec,
     pub topic: String,
     /// `false` for the trainer role: undecodable records are only counted (the scorers
@@ -159,14 +232,14 @@ impl Source {
                 if !paused && since.elapsed() >= PAUSE_AFTER {
                     self.pause(&mut paused_partitions);
                     paused = true;
-                    self.metrics.source_paused.set(1);
+                    self.metrics.paused.set(1);
                 }
             } else {
                 full_since = None;
                 if paused {
                     self.resume(&mut paused_partitions);
                     paused = false;
-                    self.metrics.source_paused.set(0);
+                    self.metrics.paused.set(0);
                 }
             }
             if full && !paused {
@@ -262,15 +335,11 @@ impl Source {
     }
 
     fn flush_metrics(&self, consumed: &mut u64, shaper: &mut Shaper) {
-        self.metrics
-            .records_consumed
-            .inc_by(std::mem::take(consumed));
-        self.metrics
-            .pending_records
-            .set(self.tracker.pending() as i64);
+        self.metrics.consumed.inc_by(std::mem::take(consumed));
+        self.metrics.pending.set(self.tracker.pending() as i64);
         if let Shaper::Window(w) = shaper {
             self.metrics.window_keys.set(w.keys() as i64);
-            self.metrics.set_state_keys(0, w.keys());
+            self.metrics.window_state.set_keys(w.keys());
             self.metrics.window_evictions.inc_by(w.take_evictions());
         }
     }
@@ -306,7 +375,7 @@ impl Source {
             return;
         }
         let n = store_positions(&self.consumer, &self.topic, &positions);
-        self.metrics.offsets_committed.inc_by(n as u64);
+        self.metrics.offsets_stored.inc_by(n as u64);
         for (partition, pos) in positions {
             if let Some(prev) = stored.positions.insert(partition, pos) {
                 stored.since_commit += pos.saturating_sub(prev).max(0) as u64;
@@ -334,9 +403,7 @@ impl Source {
                 if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
             Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
         }
-        self.metrics
-            .pending_records
-            .set(self.tracker.pending() as i64);
+        self.metrics.pending.set(self.tracker.pending() as i64);
         tracing::info!(pending = self.tracker.pending(), "source stopped");
     }
 }

@@ -1,9 +1,15 @@
-//! Logs (tracing) and metrics (an owned Prometheus registry).
+//! Logs (tracing) and the metrics registry. Each stage defines, registers and updates its
+//! own metrics (a small struct beside the stage: `SourceMetrics`, `ScorerMetrics`,
+//! `TrainMetrics`...); this module holds only the registry and its text exposition, the
+//! helpers that register one metric, and the per-key state gauges that two stages share.
+//! It imports nothing from the stages.
 
-mod metrics;
-pub use metrics::{DEAD_LETTER_REASONS, OUTPUTS, TRAINING_RESULTS};
+mod registry;
 
-pub use metrics::Metrics;
+pub use registry::{
+    StateBytes, StateMetrics, Telemetry, counter, counter_vec, gauge, histogram, int_gauge,
+    int_gauge_vec,
+};
 
 use tracing_subscriber::EnvFilter;
 

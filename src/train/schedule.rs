@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::TrainMetrics;
 use super::gate::HoldoutStats;
 use super::normal_window::NormalWindow;
 use super::trainer::{self, Job, Outcome, TrainerSettings};
 use crate::config::RetrainPolicy;
-use crate::model::{Detector, ModelError, store};
-use crate::telemetry::Metrics;
+use crate::model::{Detector, ModelError};
 
 /// Retraining state: the normal window, the triggers, the backoff, and the channels to the
 /// trainer thread.
 pub struct Retrainer {
     settings: TrainerSettings,
+    metrics: TrainMetrics,
     policy: RetrainPolicy,
     window: NormalWindow,
     jobs: Sender<Job>,
@@ -55,12 +56,13 @@ impl Retrainer {
     }
 
     /// Starts the trainer thread; retraining follows `settings.policy`.
-    pub fn spawn(settings: TrainerSettings) -> Result<Self, ModelError> {
+    pub fn spawn(settings: TrainerSettings, metrics: TrainMetrics) -> Result<Self, ModelError> {
         let (jobs, outcomes) = Self::start_thread(&settings)?;
         let policy = settings.policy;
         Ok(Retrainer {
-            window: NormalWindow::new(settings.features.len(), policy.window, policy.margin),
+            window: NormalWindow::new(settings.fit.features.len(), policy.window, policy.margin),
             settings,
+            metrics,
             policy,
             jobs,
             outcomes,
@@ -82,8 +84,8 @@ impl Retrainer {
     }
 
     /// Starts a new trainer thread after the old one ended (the window is kept).
-    fn restart(&mut self, metrics: &Metrics) {
-        metrics.trainer_restarts.inc();
+    fn restart(&mut self) {
+        self.metrics.restarts.inc();
         self.in_flight = false;
         self.failed();
         match Self::start_thread(&self.settings) {
@@ -112,7 +114,6 @@ impl Retrainer {
         &mut self,
         judged: impl Iterator<Item = (&'a [f32], i64, bool)>,
         records: u64,
-        metrics: &Metrics,
     ) {
         for (features, offset, anomaly) in judged {
             self.window.observe(features, offset, anomaly);
@@ -123,8 +124,8 @@ impl Retrainer {
             }
         }
         self.since_run += records;
-        metrics.training_window.set(self.window.len() as i64);
-        metrics.recent_alert_rate.set(self.alert_rate());
+        self.metrics.window_records.set(self.window.len() as i64);
+        self.metrics.recent_alert_rate.set(self.alert_rate());
     }
 
     fn alert_rate(&self) -> f64 {
@@ -163,17 +164,7 @@ impl Retrainer {
             ((n as f64 * self.policy.holdout).ceil() as usize).clamp(1, n.saturating_sub(2).max(1));
         let (train, holdout) = rows.split_at((n - held) * dim);
         let serving_stats = HoldoutStats::of(&serving.score(holdout)?.scores, serving.threshold());
-        let version = match &self.settings.store_dir {
-            Some(dir) => {
-                store::versions(dir)?
-                    .last()
-                    .copied()
-                    .unwrap_or(0)
-                    .max(serving.version())
-                    + 1
-            }
-            None => serving.version() + 1,
-        };
+        let version = self.settings.fit.next_version(serving.version())?;
         tracing::info!(
             trigger,
             version,
@@ -202,26 +193,28 @@ impl Retrainer {
     /// Takes the trainer's outcome when it has finished: counts it, backs off after a
     /// failure, restarts a trainer thread that ended, and returns a promoted model for the
     /// scorer to serve.
-    pub fn poll(&mut self, m: &Metrics) -> Option<Detector> {
+    pub fn poll(&mut self) -> Option<Detector> {
         let outcome = match self.outcomes.try_recv() {
             Ok(o) => o,
             Err(crossbeam_channel::TryRecvError::Empty) => return None,
             Err(crossbeam_channel::TryRecvError::Disconnected) => {
                 // The trainer thread ended (it never should): start it again, with backoff.
-                self.restart(m);
+                self.restart();
                 return None;
             }
         };
         self.in_flight = false;
+        // A handle to the counters (cheap), as `self` is borrowed mutably below.
+        let m = self.metrics.clone();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        m.last_training.set(now);
+        m.last_run.set(now);
         match outcome {
             Outcome::Promoted { detector, seconds } => {
                 self.failures = 0;
-                m.training_duration.observe(seconds);
-                m.training_runs.with_label_values(&["promoted"]).inc();
+                m.duration.observe(seconds);
+                m.runs.with_label_values(&["promoted"]).inc();
                 tracing::info!(version = detector.version(), "promoted the retrained model");
                 Some(*detector)
             }
@@ -230,7 +223,7 @@ impl Retrainer {
                 version,
                 seconds,
             } => {
-                m.training_duration.observe(seconds);
+                m.duration.observe(seconds);
                 let result = if matches!(reason, "training_failed" | "save_failed") {
                     self.failed();
                     "failed"
@@ -238,15 +231,15 @@ impl Retrainer {
                     self.failures = 0;
                     "rejected"
                 };
-                m.training_runs.with_label_values(&[result]).inc();
+                m.runs.with_label_values(&[result]).inc();
                 m.promotion_rejections.with_label_values(&[reason]).inc();
                 tracing::warn!(version, reason, "retrained candidate rejected");
                 None
             }
             Outcome::Panicked { version, message } => {
                 self.failed();
-                m.trainer_restarts.inc();
-                m.training_runs.with_label_values(&["failed"]).inc();
+                m.restarts.inc();
+                m.runs.with_label_values(&["failed"]).inc();
                 tracing::error!(
                     version,
                     message,

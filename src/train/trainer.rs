@@ -9,9 +9,10 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use tch::Device;
 
+use super::TrainMetrics;
 use super::gate::{self, HoldoutStats};
 use crate::config::{ModelSpec, RetrainPolicy, ThresholdSpec};
-use crate::model::{Detector, Lineage, store};
+use crate::model::{Detector, Lineage, ModelError, store};
 
 pub struct Job {
     /// Training rows, then held-out rows (row-major).
@@ -37,15 +38,95 @@ pub enum Outcome {
     Panicked { version: u64, message: String },
 }
 
+/// What fitting a model needs, for the first model and every retraining run alike: the
+/// input's features, the model and threshold to fit, the device, and the store that keeps
+/// the newest `keep` versions.
 #[derive(Debug, Clone)]
-pub struct TrainerSettings {
+pub struct FitSettings {
     pub features: Vec<String>,
     pub model: ModelSpec,
     pub threshold: ThresholdSpec,
-    pub policy: RetrainPolicy,
     pub device: Device,
     pub store_dir: Option<PathBuf>,
     pub keep: usize,
+}
+
+impl FitSettings {
+    /// Fits a model on `rows` (row-major) as `version`.
+    pub fn fit(&self, rows: &[f32], version: u64) -> Result<Detector, ModelError> {
+        Detector::train(
+            rows,
+            self.features.clone(),
+            &self.model,
+            self.threshold,
+            version,
+            self.device,
+        )
+    }
+
+    /// Saves `det` in the store, then prunes the store to the newest `keep` versions (a
+    /// failed prune is only logged). Without a store, nothing is saved.
+    pub fn save(&self, det: &Detector) -> Result<Option<PathBuf>, ModelError> {
+        let Some(dir) = &self.store_dir else {
+            return Ok(None);
+        };
+        let path = store::save(dir, det)?;
+        match store::prune(dir, self.keep) {
+            Ok(pruned) if !pruned.is_empty() => tracing::info!(?pruned, "pruned the model store"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning the model store failed"),
+        }
+        Ok(Some(path))
+    }
+
+    /// The number the next trained model gets: one past the newest in the store and `at_least`.
+    pub fn next_version(&self, at_least: u64) -> Result<u64, ModelError> {
+        let newest = match &self.store_dir {
+            Some(dir) => store::versions(dir)?.last().copied().unwrap_or(0),
+            None => 0,
+        };
+        Ok(newest.max(at_least) + 1)
+    }
+}
+
+/// The trainer thread's settings: how to fit, and the retraining policy (its gate).
+#[derive(Debug, Clone)]
+pub struct TrainerSettings {
+    pub fit: FitSettings,
+    pub policy: RetrainPolicy,
+}
+
+/// Trains the first model on the warm-up records (no gate: nothing serves yet), saves it in
+/// the store and returns it. Not saving is not fatal: the model serves from memory and a
+/// restart trains again (a restart cannot fix a read-only store; failing would only loop).
+pub fn first_model(
+    fit: &FitSettings,
+    rows: &[f32],
+    m: &TrainMetrics,
+) -> Result<Detector, ModelError> {
+    let version = fit.next_version(0)?;
+    let started = Instant::now();
+    let det = fit.fit(rows, version).inspect_err(|_| {
+        m.runs.with_label_values(&["failed"]).inc();
+    })?;
+    m.runs.with_label_values(&["promoted"]).inc();
+    m.duration.observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        version,
+        kind = det.meta.spec.kind.as_str(),
+        records = det.meta.training.records,
+        loss = det.meta.training.final_loss,
+        threshold = det.threshold(),
+        seconds = det.meta.training.duration_seconds,
+        "trained the first model on the warm-up records"
+    );
+    match fit.save(&det) {
+        Ok(Some(path)) => tracing::info!(path = %path.display(), "saved model"),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, version,
+            "cannot save the first model: serving it from memory only"),
+    }
+    Ok(det)
 }
 
 /// Runs one job to its outcome.
@@ -56,14 +137,7 @@ pub fn run_job(s: &TrainerSettings, job: Job) -> Outcome {
         version: job.version,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let mut det = match Detector::train(
-        &job.train,
-        s.features.clone(),
-        &s.model,
-        s.threshold,
-        job.version,
-        s.device,
-    ) {
+    let mut det = match s.fit.fit(&job.train, job.version) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "retraining failed");
@@ -82,7 +156,7 @@ pub fn run_job(s: &TrainerSettings, job: Job) -> Outcome {
     tracing::info!(
         version = job.version,
         parent = job.parent,
-        records = job.train.len() / s.features.len().max(1),
+        records = job.train.len() / s.fit.features.len().max(1),
         serving_false_alarms = job.serving.false_alarm_rate,
         candidate_false_alarms = candidate.false_alarm_rate,
         serving_threshold = job.serving.threshold,
@@ -104,16 +178,11 @@ pub fn run_job(s: &TrainerSettings, job: Job) -> Outcome {
         ),
         window: job.window,
     };
-    if let Some(dir) = &s.store_dir {
-        // A model that is not in the store is not promoted: the store's CURRENT is what
-        // serves, after a restart too.
-        if let Err(e) = store::save(dir, &det) {
-            tracing::error!(version = job.version, error = %e, "saving the candidate failed: not promoted");
-            return reject("save_failed", started);
-        }
-        if let Err(e) = store::prune(dir, s.keep) {
-            tracing::warn!(error = %e, "pruning the model store failed");
-        }
+    // A model that is not in the store is not promoted: the store's CURRENT is what
+    // serves, after a restart too.
+    if let Err(e) = s.fit.save(&det) {
+        tracing::error!(version = job.version, error = %e, "saving the candidate failed: not promoted");
+        return reject("save_failed", started);
     }
     Outcome::Promoted {
         detector: Box::new(det),
@@ -183,13 +252,15 @@ mod tests {
 
     fn settings() -> TrainerSettings {
         TrainerSettings {
-            features: features(),
-            model: spec_for(ModelKind::Dense),
-            threshold: ThresholdSpec::Quantile { quantile: 0.99 },
+            fit: FitSettings {
+                features: features(),
+                model: spec_for(ModelKind::Dense),
+                threshold: ThresholdSpec::Quantile { quantile: 0.99 },
+                device: Device::Cpu,
+                store_dir: None,
+                keep: 10,
+            },
             policy: crate::config::load(None).expect("defaults").retrain,
-            device: Device::Cpu,
-            store_dir: None,
-            keep: 10,
         }
     }
 
@@ -319,7 +390,7 @@ mod tests {
         // A gate that promotes anything: only the save can stop it.
         settings.policy.tolerance = 1.0;
         settings.policy.max_threshold_ratio = 1e9;
-        settings.store_dir = Some(blocker.join("store"));
+        settings.fit.store_dir = Some(blocker.join("store"));
         let job = Job {
             train: train.to_vec(),
             holdout: holdout.to_vec(),
