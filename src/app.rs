@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  source ──Record──▶ batch ──Batch──▶ score ──Scored──▶ sink
+//!                                        ├─Job◀─▶Outcome── train  (roles all, trainer)
 //!                                        └─version──▶ publish   (role trainer)
 //!  models (role scorer: model topic → store) ─CURRENT─▶ score
 //! ```
@@ -30,7 +31,8 @@ use crate::pipeline::sink::{Sink, SinkMetrics};
 use crate::pipeline::source::{Source, SourceMetrics};
 use crate::telemetry::{StateMetrics, Telemetry};
 use crate::train::TrainMetrics;
-use crate::train::trainer::FitSettings;
+use crate::train::schedule::Retrainer;
+use crate::train::trainer::{self, FitSettings, TrainerSettings};
 
 type StageExit = (&'static str, Result<(), PipelineError>);
 
@@ -257,7 +259,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     Ok(())
 }
 
-/// Builds the clients and spawns source, batch, score, sink (and the trainer's publisher).
+/// Builds the clients and spawns source, batch, score, sink (and train, and the trainer
+/// role's publisher).
 /// Returns how many stages it started.
 fn spawn_pipeline(
     settings: &Settings,
@@ -338,31 +341,49 @@ fn spawn_pipeline(
         }
         _ => None,
     };
+    let fit = FitSettings {
+        features: settings.input.feature_names(),
+        model: settings.model.clone(),
+        threshold: settings.threshold,
+        device: tch::Device::Cpu,
+        store_dir: settings.runtime.store_dir.clone(),
+        keep: settings.runtime.keep,
+    };
+    let runtime = settings.runtime.clone();
+    // The trainer stage fits retraining candidates beside the scorer (roles all and
+    // trainer; a scorer serves what the trainer publishes and never trains). A run under
+    // way when the daemon stops is abandoned.
+    let retrainer = (role != Role::Scorer).then(|| {
+        let (link, jobs, outcomes) = trainer::link();
+        let trainer_settings = TrainerSettings {
+            fit: fit.clone(),
+            policy: settings.retrain,
+        };
+        let mut stage_settings = trainer_settings.clone();
+        let (stop, choice) = (shutdown.clone(), runtime.device);
+        spawn_stage("train", exit_tx.clone(), move || {
+            stage_settings.fit.device = device::select(choice)?;
+            trainer::run(stage_settings, jobs, outcomes, stop);
+            Ok(())
+        });
+        stages += 1;
+        Retrainer::new(trainer_settings, link, metrics.train.clone())
+    });
     let mut scorer_settings = ScorerSettings {
-        fit: FitSettings {
-            features: settings.input.feature_names(),
-            model: settings.model.clone(),
-            threshold: settings.threshold,
-            device: tch::Device::Cpu,
-            store_dir: settings.runtime.store_dir.clone(),
-            keep: settings.runtime.keep,
-        },
+        fit,
         threshold: settings.threshold,
         top_features: settings.top_features,
-        // A scorer serves what the trainer publishes; it never trains.
-        retrain: (role != Role::Scorer).then_some(settings.retrain),
         publish,
         value_feature: settings.input.value_feature(),
     };
     let (scorer_metrics, train_metrics) = (metrics.scorer.clone(), metrics.train.clone());
-    let runtime = settings.runtime.clone();
     spawn_stage("score", exit_tx.clone(), move || {
-        // libtorch only on this thread: device choice, loading and training included.
+        // The model is loaded, trained on the warm-up records and served on this thread.
         let device = device::select(runtime.device)?;
         let threads = device::set_threads(runtime.threads);
         tracing::info!(?device, threads, "scorer started");
         scorer_settings.fit.device = device;
-        let mut scorer = Scorer::new(scorer_settings, scorer_metrics, train_metrics)?;
+        let mut scorer = Scorer::new(scorer_settings, retrainer, scorer_metrics, train_metrics)?;
         scorer.restore_likelihood();
         score::run(&mut scorer, batch_rx, scored_tx)?;
         scorer.save_likelihood()?;

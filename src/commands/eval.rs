@@ -544,10 +544,10 @@ mod tests {
                 },
                 threshold: settings.threshold,
                 top_features: settings.top_features,
-                retrain: None,
                 value_feature: settings.input.value_feature(),
                 publish: None,
             },
+            None,
             metrics,
             train_metrics,
         )

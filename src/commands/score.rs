@@ -74,10 +74,10 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
             },
             threshold: settings.threshold,
             top_features: settings.top_features,
-            retrain: None,
             publish: None,
             value_feature: settings.input.value_feature(),
         },
+        None,
         metrics,
         train_metrics,
     )

@@ -152,6 +152,20 @@ impl Detector {
         version: u64,
         device: Device,
     ) -> Result<Self, ModelError> {
+        Self::train_until(rows, features, spec, threshold, version, device, &|| false)
+    }
+
+    /// [`Detector::train`], abandoned with [`ModelError::Cancelled`] at the first epoch
+    /// that starts once `stop()` is true (a shutdown need not wait for a whole run).
+    pub fn train_until(
+        rows: &[f32],
+        features: Vec<String>,
+        spec: &ModelSpec,
+        threshold: ThresholdSpec,
+        version: u64,
+        device: Device,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Self, ModelError> {
         let started = Instant::now();
         let dim = features.len();
         let n = rows.len() / dim.max(1);
@@ -190,7 +204,7 @@ impl Detector {
         let mut det = Detector::build(meta, device, script.as_deref())?;
         let xs = det.scaled(rows);
         det.meta.training.final_loss = if det.net.trainable() {
-            det.fit(&xs, spec)?
+            det.fit(&xs, spec, stop)?
         } else {
             det.net.fit_pca(&xs);
             det.score_scaled(&xs)?
@@ -218,7 +232,12 @@ impl Detector {
     }
 
     /// Minibatch Adam over shuffled epochs; returns the last epoch's mean loss.
-    fn fit(&mut self, xs: &Tensor, spec: &ModelSpec) -> Result<f64, ModelError> {
+    fn fit(
+        &mut self,
+        xs: &Tensor,
+        spec: &ModelSpec,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<f64, ModelError> {
         let n = xs.size()[0];
         let device = self.device();
         let bounds = (xs.amin(0, true), xs.amax(0, true));
@@ -227,6 +246,9 @@ impl Detector {
         let epochs = self.meta.training.epochs;
         let mut last = f64::NAN;
         for epoch in 0..epochs {
+            if stop() {
+                return Err(ModelError::Cancelled);
+            }
             self.net.anneal(spec, epoch, epochs);
             let perm = Tensor::randperm(n, (Kind::Int64, device));
             let (mut total, mut steps, mut start) = (0.0, 0, 0);

@@ -47,6 +47,8 @@ pub enum ModelError {
     Mismatch(String),
     #[error("threshold calibration: {0}")]
     Threshold(String),
+    #[error("training stopped: the daemon is shutting down")]
+    Cancelled,
     #[error("encoding the likelihood state: {0}")]
     LikelihoodState(#[from] postcard::Error),
 }

@@ -1,7 +1,8 @@
 //! The scorer: owns the model (one thread, never shared), and scores and judges every
 //! batch. Until a model serves it holds the warm-up batches back and has the first model
 //! trained on them ([`trainer::first_model`]); retraining is the [`Retrainer`]'s
-//! (`train::schedule`), which it hands each judged batch and whose promotions it serves;
+//! (`train::schedule`, with the trainer stage), which it hands each judged batch and whose
+//! promotions it serves;
 //! a new current version in the store (a revert, a model received) comes from the store's
 //! [`Watcher`]. The same [`Scorer`] serves the daemon's scorer thread and `anomalyd score`.
 
@@ -11,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use super::{Batch, Scored};
-use crate::config::{RetrainPolicy, ThresholdSpec};
+use crate::config::ThresholdSpec;
 use crate::model::judge::Judge;
 use crate::model::likelihood::Keyed;
 use crate::model::store::{self, Change, Watcher};
@@ -20,7 +21,7 @@ use crate::model::{Detector, ModelError};
 use crate::telemetry::{StateBytes, counter, counter_vec, gauge, histogram, int_gauge};
 use crate::train::TrainMetrics;
 use crate::train::schedule::Retrainer;
-use crate::train::trainer::{self, FitSettings, TrainerSettings};
+use crate::train::trainer::{self, FitSettings};
 
 /// What the scorer needs to train, judge and explain.
 #[derive(Debug, Clone)]
@@ -29,8 +30,6 @@ pub struct ScorerSettings {
     pub fit: FitSettings,
     pub threshold: ThresholdSpec,
     pub top_features: usize,
-    /// Continuous retraining (the daemon); `None` offline and for the scorer role.
-    pub retrain: Option<RetrainPolicy>,
     /// The feature that holds each record's newest raw value (window mode without
     /// differences), for the likelihood's range check.
     pub value_feature: Option<usize>,
@@ -190,8 +189,11 @@ pub struct Scorer {
 
 impl Scorer {
     /// Starts from the newest saved model when the store has one that fits the input.
+    /// `retrainer`: continuous retraining (the daemon's roles `all` and `trainer`), `None`
+    /// offline and for the scorer role.
     pub fn new(
         settings: ScorerSettings,
+        retrainer: Option<Retrainer>,
         metrics: ScorerMetrics,
         train_metrics: TrainMetrics,
     ) -> Result<Self, ModelError> {
@@ -226,16 +228,6 @@ impl Scorer {
             .store_dir
             .clone()
             .map(|dir| Watcher::new(dir, fit.features.clone(), fit.device));
-        let retrainer = match settings.retrain {
-            Some(policy) => Some(Retrainer::spawn(
-                TrainerSettings {
-                    fit: fit.clone(),
-                    policy,
-                },
-                train_metrics.clone(),
-            )?),
-            None => None,
-        };
         let likelihood = match settings.threshold {
             ThresholdSpec::Likelihood {
                 params, max_keys, ..

@@ -1,7 +1,8 @@
-//! Continuous retraining: a bounded window of recent records judged normal
-//! ([`normal_window::NormalWindow`]), a trainer thread that fits candidates without blocking the
-//! scorer ([`trainer`]), and the promotion gate that decides whether a candidate may serve
-//! ([`gate`]).
+//! Training: fitting and saving a model (the first one, on the warm-up records, and each
+//! retrained one: [`trainer`]), the trainer stage that fits candidates without blocking the
+//! scorer ([`trainer::run`]), when to retrain ([`schedule`]), the bounded window of recent
+//! records judged normal ([`normal_window::NormalWindow`]), and the promotion gate that
+//! decides whether a candidate may serve ([`gate`]).
 
 pub mod gate;
 pub mod normal_window;
@@ -68,7 +69,8 @@ impl TrainMetrics {
             restarts: counter(
                 r,
                 "anomalyd_trainer_restarts_total",
-                "Times the retraining thread panicked or exited and was started again.",
+                "Retraining runs that panicked; the trainer stage goes on with the next run, \
+                 after a backoff.",
             ),
         }
     }

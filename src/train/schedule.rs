@@ -1,10 +1,10 @@
 //! When to retrain: the scorer hands each judged batch to the [`Retrainer`], which keeps the
 //! window of recent normal records, decides when a trigger fires (records, interval, or an
-//! alert rate past the budget), sends the trainer thread its job, and turns the outcome
-//! into a model to serve. The scorer itself only scores.
+//! alert rate past the budget), sends the trainer stage its job (`train::trainer::run`, a
+//! stage of its own that the app spawns and supervises like the others), and turns the
+//! outcome into a model to serve. The scorer itself only scores.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -12,12 +12,12 @@ use crossbeam_channel::{Receiver, Sender};
 use super::TrainMetrics;
 use super::gate::HoldoutStats;
 use super::normal_window::NormalWindow;
-use super::trainer::{self, Job, Outcome, TrainerSettings};
+use super::trainer::{Job, Outcome, TrainerLink, TrainerSettings};
 use crate::config::RetrainPolicy;
 use crate::model::{Detector, ModelError};
 
 /// Retraining state: the normal window, the triggers, the backoff, and the channels to the
-/// trainer thread.
+/// trainer stage.
 pub struct Retrainer {
     settings: TrainerSettings,
     metrics: TrainMetrics,
@@ -26,6 +26,8 @@ pub struct Retrainer {
     jobs: Sender<Job>,
     outcomes: Receiver<Outcome>,
     in_flight: bool,
+    /// The trainer stage is gone (its channel closed).
+    stage_ended: bool,
     last_run: Instant,
     since_run: u64,
     recent: VecDeque<bool>,
@@ -36,44 +38,27 @@ pub struct Retrainer {
     not_before: Instant,
 }
 
-/// The trainer thread's end of the channels.
-type TrainerChannels = (Sender<Job>, Receiver<Outcome>);
-
 impl Retrainer {
-    /// Starts the trainer thread.
-    fn start_thread(s: &TrainerSettings) -> Result<TrainerChannels, ModelError> {
-        let (jobs, job_rx) = crossbeam_channel::bounded(1);
-        let (out_tx, outcomes) = crossbeam_channel::bounded(1);
-        let trainer = s.clone();
-        std::thread::Builder::new()
-            .name("anomalyd-train".into())
-            .spawn(move || trainer::run(trainer, job_rx, out_tx))
-            .map_err(|source| ModelError::Io {
-                path: PathBuf::from("<trainer thread>"),
-                source,
-            })?;
-        Ok((jobs, outcomes))
-    }
-
-    /// Starts the trainer thread; retraining follows `settings.policy`.
-    pub fn spawn(settings: TrainerSettings, metrics: TrainMetrics) -> Result<Self, ModelError> {
-        let (jobs, outcomes) = Self::start_thread(&settings)?;
+    /// Retraining that follows `settings.policy`, with the trainer stage at the other end
+    /// of `link` ([`trainer::link`]; the stage runs [`trainer::run`]).
+    pub fn new(settings: TrainerSettings, link: TrainerLink, metrics: TrainMetrics) -> Self {
         let policy = settings.policy;
-        Ok(Retrainer {
+        Retrainer {
             window: NormalWindow::new(settings.fit.features.len(), policy.window, policy.margin),
             settings,
             metrics,
             policy,
-            jobs,
-            outcomes,
+            jobs: link.jobs,
+            outcomes: link.outcomes,
             in_flight: false,
+            stage_ended: false,
             last_run: Instant::now(),
             since_run: 0,
             recent: VecDeque::new(),
             recent_alerts: 0,
             failures: 0,
             not_before: Instant::now(),
-        })
+        }
     }
 
     /// A run failed: back off before the next one (10 s, doubling, at most 10 min).
@@ -83,24 +68,14 @@ impl Retrainer {
         self.not_before = Instant::now() + backoff;
     }
 
-    /// Starts a new trainer thread after the old one ended (the window is kept).
-    fn restart(&mut self) {
-        self.metrics.restarts.inc();
-        self.in_flight = false;
-        self.failed();
-        match Self::start_thread(&self.settings) {
-            Ok((jobs, outcomes)) => {
-                self.jobs = jobs;
-                self.outcomes = outcomes;
-                tracing::warn!(
-                    failures = self.failures,
-                    "the trainer thread ended: restarted it"
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot restart the trainer thread; retrying later")
-            }
+    /// The trainer stage has ended (shutdown, or its failure, which the app's supervisor
+    /// reports and which stops the daemon): no more runs.
+    fn stage_ended(&mut self) {
+        if !self.stage_ended {
+            tracing::info!("the trainer stage has ended: no more retraining");
         }
+        self.stage_ended = true;
+        self.in_flight = false;
     }
 
     /// Whether a run is under way.
@@ -135,6 +110,7 @@ impl Retrainer {
     /// Which trigger fires now, if any.
     pub fn due(&self) -> Option<&'static str> {
         if self.in_flight
+            || self.stage_ended
             || self.window.len() < self.policy.min_records
             || Instant::now() < self.not_before
         {
@@ -182,8 +158,7 @@ impl Retrainer {
         };
         match self.jobs.send(job) {
             Ok(()) => self.in_flight = true,
-            // The thread is gone: the next poll restarts it.
-            Err(_) => self.failed(),
+            Err(_) => self.stage_ended(),
         }
         self.last_run = Instant::now();
         self.since_run = 0;
@@ -191,15 +166,13 @@ impl Retrainer {
     }
 
     /// Takes the trainer's outcome when it has finished: counts it, backs off after a
-    /// failure, restarts a trainer thread that ended, and returns a promoted model for the
-    /// scorer to serve.
+    /// failure or a panicked run, and returns a promoted model for the scorer to serve.
     pub fn poll(&mut self) -> Option<Detector> {
         let outcome = match self.outcomes.try_recv() {
             Ok(o) => o,
             Err(crossbeam_channel::TryRecvError::Empty) => return None,
             Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                // The trainer thread ended (it never should): start it again, with backoff.
-                self.restart();
+                self.stage_ended();
                 return None;
             }
         };

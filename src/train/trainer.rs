@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use tch::Device;
+use tokio_util::sync::CancellationToken;
 
 use super::TrainMetrics;
 use super::gate::{self, HoldoutStats};
@@ -52,15 +53,22 @@ pub struct FitSettings {
 }
 
 impl FitSettings {
-    /// Fits a model on `rows` (row-major) as `version`.
-    pub fn fit(&self, rows: &[f32], version: u64) -> Result<Detector, ModelError> {
-        Detector::train(
+    /// Fits a model on `rows` (row-major) as `version`; [`ModelError::Cancelled`] once
+    /// `stop()` is true.
+    pub fn fit(
+        &self,
+        rows: &[f32],
+        version: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Detector, ModelError> {
+        Detector::train_until(
             rows,
             self.features.clone(),
             &self.model,
             self.threshold,
             version,
             self.device,
+            stop,
         )
     }
 
@@ -106,7 +114,7 @@ pub fn first_model(
 ) -> Result<Detector, ModelError> {
     let version = fit.next_version(0)?;
     let started = Instant::now();
-    let det = fit.fit(rows, version).inspect_err(|_| {
+    let det = fit.fit(rows, version, &|| false).inspect_err(|_| {
         m.runs.with_label_values(&["failed"]).inc();
     })?;
     m.runs.with_label_values(&["promoted"]).inc();
@@ -129,16 +137,20 @@ pub fn first_model(
     Ok(det)
 }
 
-/// Runs one job to its outcome.
-pub fn run_job(s: &TrainerSettings, job: Job) -> Outcome {
+/// Runs one job to its outcome; `None` when `stop()` ended it (the daemon is shutting down:
+/// the candidate is abandoned, and nobody waits for an outcome).
+pub fn run_job(s: &TrainerSettings, job: Job, stop: &dyn Fn() -> bool) -> Option<Outcome> {
     let started = Instant::now();
-    let reject = |reason, started: Instant| Outcome::Rejected {
-        reason,
-        version: job.version,
-        seconds: started.elapsed().as_secs_f64(),
+    let reject = |reason, started: Instant| {
+        Some(Outcome::Rejected {
+            reason,
+            version: job.version,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     };
-    let mut det = match s.fit.fit(&job.train, job.version) {
+    let mut det = match s.fit.fit(&job.train, job.version, stop) {
         Ok(d) => d,
+        Err(ModelError::Cancelled) => return None,
         Err(e) => {
             tracing::warn!(error = %e, "retraining failed");
             return reject("training_failed", started);
@@ -184,28 +196,60 @@ pub fn run_job(s: &TrainerSettings, job: Job) -> Outcome {
         tracing::error!(version = job.version, error = %e, "saving the candidate failed: not promoted");
         return reject("save_failed", started);
     }
-    Outcome::Promoted {
+    Some(Outcome::Promoted {
         detector: Box::new(det),
         seconds: started.elapsed().as_secs_f64(),
-    }
+    })
 }
 
-/// The thread body: jobs in, outcomes out, until the scorer hangs up.
-pub fn run(settings: TrainerSettings, jobs: Receiver<Job>, outcomes: Sender<Outcome>) {
-    serve(jobs, outcomes, |job| run_job(&settings, job));
+/// The scorer's end of the trainer stage's channels (held by its
+/// [`super::schedule::Retrainer`]).
+#[derive(Debug)]
+pub struct TrainerLink {
+    pub jobs: Sender<Job>,
+    pub outcomes: Receiver<Outcome>,
+}
+
+/// The channels between the scorer and the trainer stage: the scorer's [`TrainerLink`], and
+/// the stage's job receiver and outcome sender. One job at a time.
+pub fn link() -> (TrainerLink, Receiver<Job>, Sender<Outcome>) {
+    let (jobs, job_rx) = crossbeam_channel::bounded(1);
+    let (out_tx, outcomes) = crossbeam_channel::bounded(1);
+    (TrainerLink { jobs, outcomes }, job_rx, out_tx)
+}
+
+/// The trainer stage: jobs in, outcomes out, until the scorer hangs up or `stop` is
+/// cancelled (a run under way is then abandoned at its next epoch).
+pub fn run(
+    settings: TrainerSettings,
+    jobs: Receiver<Job>,
+    outcomes: Sender<Outcome>,
+    stop: CancellationToken,
+) {
+    serve(jobs, outcomes, |job| {
+        run_job(&settings, job, &|| stop.is_cancelled())
+    });
 }
 
 /// Runs each job through `work`, supervised: a job that panics is reported as
-/// [`Outcome::Panicked`] and the thread goes on with the next one, so the scorer is never
-/// left waiting for an outcome that cannot come.
-fn serve(jobs: Receiver<Job>, outcomes: Sender<Outcome>, mut work: impl FnMut(Job) -> Outcome) {
+/// [`Outcome::Panicked`] and the stage goes on with the next one, so the scorer is never
+/// left waiting for an outcome that cannot come. A job stopped by shutdown (`None`) ends
+/// the stage.
+fn serve(
+    jobs: Receiver<Job>,
+    outcomes: Sender<Outcome>,
+    mut work: impl FnMut(Job) -> Option<Outcome>,
+) {
     for job in jobs {
         let version = job.version;
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(job)))
-            .unwrap_or_else(|p| Outcome::Panicked {
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(job))) {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => return,
+            Err(p) => Outcome::Panicked {
                 version,
                 message: crate::error::panic_message(&*p),
-            });
+            },
+        };
         if outcomes.send(outcome).is_err() {
             return;
         }
@@ -264,6 +308,29 @@ mod tests {
         }
     }
 
+    /// A job run with no shutdown.
+    fn run_to_end(s: &TrainerSettings, job: Job) -> Outcome {
+        run_job(s, job, &|| false).expect("nothing stops it")
+    }
+
+    /// A shutdown abandons the run under way: no candidate, no outcome, the stage ends.
+    #[test]
+    fn a_shutdown_abandons_the_run_and_ends_the_stage() {
+        let serving = train_kind(ModelKind::Dense);
+        let w = window_of(&serving, &normal_rows(1200, 0), 2);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let (TrainerLink { jobs, outcomes }, job_rx, out_tx) = link();
+        jobs.send(job(&serving, &w)).expect("send");
+        // Hung up too, so that the stage ends after this job whatever happens to it.
+        drop(jobs);
+        run(settings(), job_rx, out_tx, stop);
+        assert!(
+            outcomes.try_recv().is_err(),
+            "an abandoned run sends no outcome"
+        );
+    }
+
     #[test]
     fn a_poisoned_window_barely_moves_the_threshold_or_is_rejected() {
         let serving = train_kind(ModelKind::Dense);
@@ -283,9 +350,12 @@ mod tests {
             }
             Outcome::Panicked { message, .. } => panic!("trainer panicked: {message}"),
         };
-        let t_clean = threshold_of(run_job(&s, job(&serving, &window_of(&serving, &clean, 2))))
-            .expect("a clean window is promoted");
-        match threshold_of(run_job(
+        let t_clean = threshold_of(run_to_end(
+            &s,
+            job(&serving, &window_of(&serving, &clean, 2)),
+        ))
+        .expect("a clean window is promoted");
+        match threshold_of(run_to_end(
             &s,
             job(&serving, &window_of(&serving, &poisoned, 2)),
         )) {
@@ -350,11 +420,11 @@ mod tests {
                 if j.version == 7 {
                     panic!("boom in job 7");
                 }
-                Outcome::Rejected {
+                Some(Outcome::Rejected {
                     reason: "worse_on_holdout",
                     version: j.version,
                     seconds: 0.0,
-                }
+                })
             })
         });
         job_tx.send(empty_job(7)).expect("send");
@@ -402,7 +472,7 @@ mod tests {
             version: 2,
             window: None,
         };
-        match run_job(&settings, job) {
+        match run_to_end(&settings, job) {
             Outcome::Rejected { reason, .. } => assert_eq!(reason, "save_failed"),
             Outcome::Promoted { .. } => panic!("promoted a model that is not in the store"),
             Outcome::Panicked { message, .. } => panic!("panicked: {message}"),
