@@ -28,9 +28,10 @@ set +e
 RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$RUN_DIR/test.log"
 status=${PIPESTATUS[0]}
 
-# The operations checks (issue 5): real promtool, Prometheus, kubectl kustomize +
-# kubernetes-validate, and the container recipe run on this machine.
-for check in check-deploy check-dashboard check-image; do
+# The architecture's import rules (check-layers), then the operations checks (issue 5):
+# real promtool, Prometheus, kubectl kustomize + kubernetes-validate, and the container
+# recipe run on this machine.
+for check in check-layers check-deploy check-dashboard check-image; do
     log "scripts/$check.sh"
     ANOMALYD_BIN="$ROOT/target/debug/anomalyd" "$ROOT/scripts/$check.sh" 2>&1 | tee "$RUN_DIR/$check.log"
     rc=${PIPESTATUS[0]}

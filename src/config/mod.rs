@@ -324,7 +324,13 @@ mod tests {
         let per_key = s.state.window_key_bytes + s.state.likelihood_key_bytes;
         let fit = (1024 * 1024 / per_key) as usize;
         assert!(fit > 10 && fit < 10_000, "{fit} keys of {per_key} bytes");
-        let InputShape::Window { max_keys, .. } = s.input.shape else {
+        let InputShape::Window {
+            size,
+            differences,
+            max_keys,
+            ..
+        } = s.input.shape
+        else {
             panic!("window mode")
         };
         assert_eq!(max_keys, fit);
@@ -339,19 +345,16 @@ mod tests {
         assert_eq!(likelihood_keys, fit);
         // Ten times as many keys as fit, each with a full history and discord memory.
         let mut keyed = Keyed::new(params, likelihood_keys);
-        let mut shaper = crate::pipeline::shaper::Shaper::new(&s.input);
+        let mut w = crate::model::window::Windower::new(size, differences, max_keys);
         for k in 0..10 * fit {
             let key = format!("key-{k}");
             for i in 0..60 {
-                let w = shaper.shape(Some(&key), vec![(i % 7) as f32]);
-                keyed.update(Some(&key), 0.0, &w, Some(f64::from(w[7])));
+                let v = w.push(Some(&key), (i % 7) as f32);
+                keyed.update(Some(&key), 0.0, &v, Some(f64::from(v[7])));
             }
         }
         assert_eq!(keyed.keys(), fit);
         assert_eq!(keyed.take_evictions(), (9 * fit) as u64);
-        let crate::pipeline::shaper::Shaper::Window(w) = &shaper else {
-            panic!("window mode")
-        };
         assert_eq!(w.keys(), fit);
         // The state kept per key stays within the bound the budget is counted in.
         let snapshot = keyed.snapshot().expect("snapshot");

@@ -692,7 +692,7 @@ impl Settings {
             window_key_bytes: match &input.shape {
                 InputShape::Window {
                     size, differences, ..
-                } => crate::pipeline::shaper::Windower::key_bytes(*size, *differences),
+                } => crate::model::window::Windower::key_bytes(*size, *differences),
                 _ => 0,
             },
             likelihood_key_bytes: match &threshold {

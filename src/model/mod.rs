@@ -12,7 +12,7 @@ pub mod store;
 pub mod verify;
 
 // The decision rules live in the libtorch-free `anomalyd-detect` crate.
-pub use anomalyd_detect::{discord, judge, likelihood, scaler, spot, threshold};
+pub use anomalyd_detect::{discord, judge, likelihood, scaler, spot, threshold, window};
 
 pub use detector::{Detector, Lineage, ModelMeta, ScoreOutput, TrainingStats};
 

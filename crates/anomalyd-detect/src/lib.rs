@@ -11,6 +11,7 @@
 //! - [`scaler`]: the per-feature standard and robust scalers.
 //! - [`metrics`]: AUROC, average precision and best F1 over scores and labels.
 //! - [`nab`]: the Numenta Anomaly Benchmark's windows, profiles and scorer.
+//! - [`window`]: per-key sliding windows of one metric (window mode's vectors).
 
 pub mod discord;
 pub mod judge;
@@ -20,3 +21,4 @@ pub mod nab;
 pub mod scaler;
 pub mod spot;
 pub mod threshold;
+pub mod window;
