@@ -213,8 +213,9 @@ fn ten_sigkills_lose_nothing_and_duplicates_stay_within_the_bound() {
 /// broker's brief absence: the member keeps its partitions. With the tests' usual 6 s the
 /// client's session times out during the 5 s cut, it rejoins as a new member, and Tansu
 /// 0.6.0's coordinator then sometimes hands it an empty assignment for good, apparently
-/// because the old member is still listed (seen in CI: "partitions assigned []" after the rejoin, nothing
-/// consumed for two minutes; docs/reliability.md) -- a broker bug a real Kafka does not have.
+/// because the old member is still listed (seen in CI: "partitions assigned []" after the
+/// rejoin, nothing consumed for two minutes; docs/reliability.md) -- a broker bug a real
+/// Kafka does not have.
 #[test]
 fn broker_unreachable_twice_mid_stream_is_waited_out() {
     const N: usize = 30_000;
