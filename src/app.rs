@@ -371,7 +371,6 @@ fn spawn_pipeline(
     });
     let mut scorer_settings = ScorerSettings {
         fit,
-        threshold: settings.threshold,
         top_features: settings.top_features,
         publish,
         value_feature: settings.input.value_feature(),

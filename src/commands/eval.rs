@@ -542,7 +542,6 @@ mod tests {
                     store_dir: Some(store_dir.path().to_owned()),
                     keep: 3,
                 },
-                threshold: settings.threshold,
                 top_features: settings.top_features,
                 value_feature: settings.input.value_feature(),
                 publish: None,

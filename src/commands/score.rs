@@ -72,7 +72,6 @@ pub fn run(settings: &Settings, args: &ScoreArgs) -> Result<(), AppError> {
                 store_dir: settings.runtime.store_dir.clone(),
                 keep: settings.runtime.keep,
             },
-            threshold: settings.threshold,
             top_features: settings.top_features,
             publish: None,
             value_feature: settings.input.value_feature(),

@@ -28,7 +28,6 @@ use crate::train::trainer::{self, FitSettings};
 pub struct ScorerSettings {
     /// How a model is fitted and where it is stored: the first model and retrained ones.
     pub fit: FitSettings,
-    pub threshold: ThresholdSpec,
     pub top_features: usize,
     /// The feature that holds each record's newest raw value (window mode without
     /// differences), for the likelihood's range check.
@@ -228,7 +227,7 @@ impl Scorer {
             .store_dir
             .clone()
             .map(|dir| Watcher::new(dir, fit.features.clone(), fit.device));
-        let likelihood = match settings.threshold {
+        let likelihood = match settings.fit.threshold {
             ThresholdSpec::Likelihood {
                 params, max_keys, ..
             } => Some(Keyed::new(params, max_keys)),
@@ -269,7 +268,7 @@ impl Scorer {
             ThresholdSpec::Likelihood {
                 params, max_keys, ..
             },
-        ) = (&self.settings.fit.store_dir, self.settings.threshold)
+        ) = (&self.settings.fit.store_dir, self.settings.fit.threshold)
             && let Some(keyed) = store::restore_likelihood(dir, params, max_keys)
         {
             self.judge.set_likelihood(keyed);

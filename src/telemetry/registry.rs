@@ -2,6 +2,7 @@
 //! exposition. A metric with a bounded label is exported with every label value from the
 //! start (at 0), so dashboards and alert rules see it before the first event.
 
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -54,6 +55,19 @@ pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     register(r, IntCounter::new(name, help).expect("valid metric"))
 }
 
+/// Registers a labelled metric, exported for each of `values` from the start.
+fn labelled<T: MetricVecBuilder + 'static>(
+    r: &Registry,
+    vec: MetricVec<T>,
+    values: &[&str],
+) -> MetricVec<T> {
+    let vec = register(r, vec);
+    for v in values {
+        vec.with_label_values(&[v]);
+    }
+    vec
+}
+
 /// A counter with one label, exported for each of `values` from the start.
 pub fn counter_vec(
     r: &Registry,
@@ -62,14 +76,8 @@ pub fn counter_vec(
     label: &str,
     values: &[&str],
 ) -> IntCounterVec {
-    let c = register(
-        r,
-        IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
-    );
-    for v in values {
-        c.with_label_values(&[v]);
-    }
-    c
+    let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    labelled(r, vec, values)
 }
 
 pub fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -84,14 +92,8 @@ pub fn int_gauge_vec(
     label: &str,
     values: &[&str],
 ) -> IntGaugeVec {
-    let g = register(
-        r,
-        IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
-    );
-    for v in values {
-        g.with_label_values(&[v]);
-    }
-    g
+    let vec = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    labelled(r, vec, values)
 }
 
 pub fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {

@@ -13,7 +13,6 @@ use super::TrainMetrics;
 use super::gate::HoldoutStats;
 use super::normal_window::NormalWindow;
 use super::trainer::{Job, Outcome, TrainerLink, TrainerSettings};
-use crate::config::RetrainPolicy;
 use crate::model::{Detector, ModelError};
 
 /// Retraining state: the normal window, the triggers, the backoff, and the channels to the
@@ -21,7 +20,6 @@ use crate::model::{Detector, ModelError};
 pub struct Retrainer {
     settings: TrainerSettings,
     metrics: TrainMetrics,
-    policy: RetrainPolicy,
     window: NormalWindow,
     jobs: Sender<Job>,
     outcomes: Receiver<Outcome>,
@@ -47,7 +45,6 @@ impl Retrainer {
             window: NormalWindow::new(settings.fit.features.len(), policy.window, policy.margin),
             settings,
             metrics,
-            policy,
             jobs: link.jobs,
             outcomes: link.outcomes,
             in_flight: false,
@@ -94,7 +91,7 @@ impl Retrainer {
             self.window.observe(features, offset, anomaly);
             self.recent.push_back(anomaly);
             self.recent_alerts += usize::from(anomaly);
-            if self.recent.len() as u64 > self.policy.drift_records.max(1) {
+            if self.recent.len() as u64 > self.settings.policy.drift_records.max(1) {
                 self.recent_alerts -= usize::from(self.recent.pop_front().unwrap_or(false));
             }
         }
@@ -111,12 +108,12 @@ impl Retrainer {
     pub fn due(&self) -> Option<&'static str> {
         if self.in_flight
             || self.stage_ended
-            || self.window.len() < self.policy.min_records
+            || self.window.len() < self.settings.policy.min_records
             || Instant::now() < self.not_before
         {
             return None;
         }
-        let p = &self.policy;
+        let p = &self.settings.policy;
         if p.every_records.is_some_and(|n| self.since_run >= n) {
             return Some("records");
         }
@@ -136,8 +133,8 @@ impl Retrainer {
         let (rows, span) = self.window.snapshot();
         let dim = serving.dim();
         let n = rows.len() / dim;
-        let held =
-            ((n as f64 * self.policy.holdout).ceil() as usize).clamp(1, n.saturating_sub(2).max(1));
+        let held = ((n as f64 * self.settings.policy.holdout).ceil() as usize)
+            .clamp(1, n.saturating_sub(2).max(1));
         let (train, holdout) = rows.split_at((n - held) * dim);
         let serving_stats = HoldoutStats::of(&serving.score(holdout)?.scores, serving.threshold());
         let version = self.settings.fit.next_version(serving.version())?;
