@@ -19,7 +19,7 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv patchelf binutils \
-        libssl-dev pkg-config \
+        libssl-dev libzstd-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -32,7 +32,7 @@ RUN --mount=type=cache,target=/cache \
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # bookworm-slim has most system libraries the binary needs (libc6, libstdc++6, libgcc-s1,
-# zlib1g); librdkafka's TLS needs libssl3, and ca-certificates lets it trust the public CAs
+# zlib1g, libzstd1); librdkafka's TLS needs libssl3, and ca-certificates lets it trust the public CAs
 # of managed Kafka services. libtorch's own libraries come from the build stage.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 ca-certificates \

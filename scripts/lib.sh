@@ -8,7 +8,8 @@ TORCH_VERSION="2.11.0"
 TANSU_VERSION="0.6.0"
 TORCH_VENV="$CACHE/torch-$TORCH_VERSION"
 TANSU_ROOT="$CACHE/tansu-$TANSU_VERSION"
-TANSU="$TANSU_ROOT/bin/tansu"
+# TANSU: another build of the broker to run instead (scripts/broker_compare.py sets it).
+TANSU="${TANSU:-$TANSU_ROOT/bin/tansu}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 RUN_DIR="$ROOT/.run"
 
