@@ -8,7 +8,10 @@ PIDFILE="$DIR/tansu.pid"
 URL="tcp://127.0.0.1:$KAFKA_PORT"
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
-answering() { "$TANSU" topic list --broker "$URL" >/dev/null 2>&1; }
+# Tansu's own client retries a refused connection for about 20 s before it gives up: ask it
+# only once the port accepts connections.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
+answering() { listening && "$TANSU" topic list --broker "$URL" >/dev/null 2>&1; }
 
 case "${1:-}" in
 start)
