@@ -71,7 +71,10 @@ wait "$torch_pid" || { echo "installing libtorch failed (see above)" >&2; exit 1
 background install_demo_client
 if [ "${SETUP_SKIP_BUILD:-0}" != 1 ]; then
     log "building anomalyd (release)"
-    (cd "$ROOT" && cargo build --release --quiet)
+    # At a lower priority while the broker builds: the broker's build is the longer one and
+    # ends in a chain of large crates built one after the other, so it keeps both cores when
+    # it can use them and anomalyd's build takes the rest.
+    (cd "$ROOT" && nice -n 10 cargo build --release --quiet)
 fi
 for pid in "${pids[@]}"; do
     wait "$pid" || { echo "setup failed (see above)" >&2; exit 1; }
