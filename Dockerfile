@@ -32,8 +32,8 @@ RUN --mount=type=cache,target=/cache \
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # bookworm-slim has most system libraries the binary needs (libc6, libstdc++6, libgcc-s1,
-# zlib1g, libzstd1); librdkafka's TLS needs libssl3, and ca-certificates lets it trust the public CAs
-# of managed Kafka services. libtorch's own libraries come from the build stage.
+# zlib1g, libzstd1); librdkafka's TLS needs libssl3, and ca-certificates lets it trust the
+# public CAs of managed Kafka services. libtorch's own libraries come from the build stage.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 ca-certificates \
     && rm -rf /var/lib/apt/lists/*

@@ -31,6 +31,33 @@ def hidden(width):
 WIDTHS = [8, 32, 128]
 
 
+def perf_tool(perf, *argv, check=True):
+    """Runs `examples/perf.rs` and returns the JSON of its last line."""
+    r = subprocess.run([str(perf), *map(str, argv)], capture_output=True, text=True,
+                       env=dict(os.environ, RUST_BACKTRACE="0"))
+    if check and r.returncode != 0:
+        sys.exit(f"perf {argv[0]} failed: {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def broker_rates(perf, brokers, data, n, run_id):
+    """The broker's own rates: produce the file to topic `in` (4 partitions), read it back
+    with a consumer that only counts (raw), and the echo loop from `in` to `echo` (consume,
+    produce the same bytes, commit: the ceiling for a pipeline with one output per input),
+    its rate taken from the output topic's high watermarks."""
+    res = {"produce": perf_tool(perf, "produce", "--brokers", brokers, "--topic", "in",
+                                "--file", data)["rate"]}
+    res["raw"] = perf_tool(perf, "consume", "--brokers", brokers, "--topic", "in",
+                           "--group", f"raw-{run_id}", "--records", n)["rate"]
+    echo = subprocess.Popen([str(perf), "echo", "--brokers", brokers, "--in", "in",
+                             "--out", "echo", "--group", f"echo-{run_id}",
+                             "--records", str(n)], stdout=subprocess.DEVNULL)
+    res["echo"] = perf_tool(perf, "watch", "--brokers", brokers, "--topic", "echo",
+                            "--records", n)["rate"]
+    echo.wait()
+    return res
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -47,11 +74,7 @@ class Bench:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     def tool(self, *argv, check=True):
-        r = subprocess.run([str(self.perf), *map(str, argv)], capture_output=True, text=True,
-                           env=dict(os.environ, RUST_BACKTRACE="0"))
-        if check and r.returncode != 0:
-            sys.exit(f"perf {argv[0]} failed: {r.stderr[-2000:]}")
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        return perf_tool(self.perf, *argv, check=check)
 
     # ---- data, configs and stored models -------------------------------------------------
     def config(self, width, store, extra=""):
@@ -204,16 +227,7 @@ kind = "quantile"
         data = self.work / "e2e32.jsonl"
         if not data.exists():
             self.tool("gen", "--records", n, "--features", 32, "--out", data)
-        produced = self.tool("produce", "--brokers", brokers, "--topic", "in", "--file", data)
-        res = {"produce": produced["rate"]}
-        res["raw"] = self.tool("consume", "--brokers", brokers, "--topic", "in",
-                               "--group", f"raw-{self.run_id}", "--records", n)["rate"]
-        echo = subprocess.Popen([self.perf, "echo", "--brokers", brokers, "--in", "in",
-                                 "--out", "echo", "--group", f"echo-{self.run_id}",
-                                 "--records", str(n)], stdout=subprocess.DEVNULL)
-        res["echo"] = self.tool("watch", "--brokers", brokers, "--topic", "echo",
-                                "--records", n)["rate"]
-        echo.wait()
+        res = broker_rates(self.perf, brokers, data, n, self.run_id)
         cfg, _ = self.stores[32]
         store = self.fresh_store(32, f"e2e-store-{label}")
         d = self.daemon(brokers, cfg, "", f"anomalyd-{self.run_id}", "127.0.0.1:9477", store)

@@ -1,15 +1,17 @@
 """Compares the throughput of two builds of the Tansu broker side by side, e.g. setup.sh's
 light build (off-path crates at opt-level 0) against a full `opt-level = 3` build:
 
-  python3 scripts/broker_compare.py --perf target/release/examples/perf \
-      --tansu full=/path/to/full/bin/tansu --tansu light=~/.cache/anomalyd/tansu-0.6.0/bin/tansu
+  ~/.cache/anomalyd/demo-venv/bin/python scripts/broker_compare.py \
+      --perf target/release/examples/perf --tansu full=/path/to/full/bin/tansu \
+      --tansu light=~/.cache/anomalyd/tansu-0.6.0/bin/tansu
 
 Each round starts each build fresh (an empty SQLite database, 4-partition topics), one after
 the other, and measures with `examples/perf.rs`, as scripts/bench.py does: produce N records
 of 32 features, read them back with a consumer that only counts (raw), and the echo loop
 (consume, produce the same bytes, commit: the ceiling for a pipeline with one output per
 input). Prints one line of JSON per measurement and a Markdown table of the medians, with
-each build's ratio to the first.
+each build's ratio to the first. Runs with a Python that has confluent-kafka (the demo's
+venv): it shares scripts/bench.py's measuring code.
 """
 import argparse
 import json
@@ -21,37 +23,21 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import broker_rates, perf_tool  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tool(perf, *argv):
-    r = subprocess.run([str(perf), *map(str, argv)], capture_output=True, text=True,
-                       env=dict(os.environ, RUST_BACKTRACE="0"))
-    if r.returncode != 0:
-        sys.exit(f"perf {argv[0]} failed: {r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def measure(args, tansu, folder, data, run_id):
+    """One build, started fresh: the broker's own rates (scripts/bench.py's broker_rates)."""
     script = ROOT / "scripts" / "test-broker.sh"
     env = dict(os.environ, TANSU=tansu, PORT=str(args.port), TOPICS="in:4 echo:4")
     subprocess.run([script, "stop", folder], capture_output=True, env=env)
     shutil.rmtree(folder, ignore_errors=True)
     subprocess.run([script, "start", folder], check=True, capture_output=True, env=env)
-    brokers = f"127.0.0.1:{args.port}"
     try:
-        n = args.records
-        res = {"produce": tool(args.perf, "produce", "--brokers", brokers, "--topic", "in",
-                               "--file", data)["rate"]}
-        res["raw"] = tool(args.perf, "consume", "--brokers", brokers, "--topic", "in",
-                          "--group", f"raw-{run_id}", "--records", n)["rate"]
-        echo = subprocess.Popen([str(args.perf), "echo", "--brokers", brokers, "--in", "in",
-                                 "--out", "echo", "--group", f"echo-{run_id}",
-                                 "--records", str(n)], stdout=subprocess.DEVNULL)
-        res["echo"] = tool(args.perf, "watch", "--brokers", brokers, "--topic", "echo",
-                           "--records", n)["rate"]
-        echo.wait()
-        return res
+        return broker_rates(args.perf, f"127.0.0.1:{args.port}", data, args.records, run_id)
     finally:
         subprocess.run([script, "stop", folder], capture_output=True, env=env)
 
@@ -71,7 +57,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     data = work / "records.jsonl"
     if not data.exists():
-        tool(args.perf, "gen", "--records", args.records, "--features", 32, "--out", data)
+        perf_tool(args.perf, "gen", "--records", args.records, "--features", 32, "--out", data)
 
     results = {label: [] for label, _ in builds}
     for r in range(args.rounds):

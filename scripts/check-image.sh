@@ -30,8 +30,8 @@ mv "$WORK/stage" "$WORK/opt/anomalyd"
 APP="$WORK/opt/anomalyd"
 BIN="$APP/bin/anomalyd"
 # What debian:bookworm-slim provides (libc6, libgcc-s1, libstdc++6, zlib1g, libzstd1: dpkg
-# itself needs it), plus libssl3
-# (librdkafka's TLS and SASL), which the Dockerfile's runtime stage installs.
+# itself needs it), plus libssl3 (librdkafka's TLS and SASL), which the Dockerfile's runtime
+# stage installs.
 SYSTEM_LIBS="libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 librt.so.1 libutil.so.1 ld-linux-x86-64.so.2 libgcc_s.so.1 libstdc++.so.6 libz.so.1 libzstd.so.1 libssl.so.3 libcrypto.so.3"
 
 passed=0

@@ -2,8 +2,7 @@
 # Installs what anomalyd needs on a fresh machine, idempotently:
 #  - libtorch (torch 2.11.0 from PyPI, CPU-capable "light" install) and the .libtorch link;
 #  - Debian packages: libssl-dev, libzstd-dev and pkg-config (librdkafka with TLS/SASL and
-#    zstd), socat and
-#    openssl (the tests' TLS listener and throwaway CA);
+#    zstd), socat and openssl (the tests' TLS listener and throwaway CA);
 #  - the Tansu 0.6.0 Kafka-protocol broker (SQLite engine) for the demo and the tests;
 #  - the release build of anomalyd.
 # A second run finds everything in place and takes seconds.
@@ -30,8 +29,9 @@ install_system_packages() {
 # Crates of the broker that a plain-TCP SQLite broker never runs (TLS and HTTP clients, the
 # schema registry, scripting, object stores, telemetry export, the CLI's other tools, and
 # zstd, which only a zstd-compressed batch reaches): built at opt-level 0, which takes 226
-# of the build's 1175 CPU seconds off (2026-12-03, 672 s -> 554 s wall on 2 cores) and leaves
-# its throughput as it was (scripts/broker_compare.py; README, "Time to first result").
+# of the build's 1175 CPU seconds off (2026-12-03, 672 s -> 554 s wall on 2 cores) with the
+# broker's throughput within the noise of the full build's (scripts/broker_compare.py; the
+# README's Performance section has the figures).
 TANSU_UNOPTIMISED=(aws-lc-sys aws-lc-rs ring rustls rustls-webpki zstd-sys zstd-safe zstd
     rhai object_store protobuf protobuf-parse protobuf-json-mapping jsonschema apache-avro
     reqwest opentelemetry opentelemetry_sdk opentelemetry-otlp opentelemetry-proto tonic
